@@ -1,0 +1,5 @@
+"""``python -m tykworker`` = the ``tykworker`` command."""
+
+from tykworker.cli import main
+
+raise SystemExit(main())

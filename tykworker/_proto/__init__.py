@@ -1,0 +1,1 @@
+"""Generated protobuf modules for Tyk's coprocess protocol (do not edit)."""

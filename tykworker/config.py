@@ -1,0 +1,272 @@
+"""Settings: one typed declaration per setting, loaded from four layers.
+
+Precedence, lowest to highest: defaults -> TOML file (``--config``) -> ``TYKWORKER_*``
+environment -> command-line flags. Each setting is one field of the frozen ``Settings``
+dataclass; its metadata carries the help text and the parser used for strings (env and
+CLI). TOML values may be native TOML types or strings.
+
+Invariants:
+* ``load_settings`` has no side effects (no logging set-up, no files created); it returns a
+  valid ``Settings`` or raises ``ConfigError`` naming the offending source and key.
+* The same ``argv``/``environ`` always give the same ``Settings`` (used by SIGHUP reload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import ConfigError
+
+ENV_PREFIX: Final = "TYKWORKER_"
+
+#: Hook-type names used in settings (``--hook-timeout-for``, ``--fail-open``) and their
+#: ``coprocess.HookType`` numbers. ``event`` is DispatchEvent.
+HOOK_TYPES: Final[Mapping[str, int]] = {
+    "pre": 1,
+    "post": 2,
+    "post_key_auth": 3,
+    "auth": 4,
+    "response": 5,
+    "event": 0,
+}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_optional_str(text: str) -> str | None:
+    return text or None
+
+
+def _parse_hook_map(text: str) -> dict[str, float]:
+    """``"pre=2,auth=1.5"`` -> ``{"pre": 2.0, "auth": 1.5}``."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected HOOK=SECONDS, got {item!r}")
+        out[_hook_name(name.strip())] = float(value)
+    return out
+
+
+def _parse_hook_list(text: str) -> tuple[str, ...]:
+    return tuple(_hook_name(p.strip()) for p in text.split(",") if p.strip())
+
+
+def _hook_name(name: str) -> str:
+    if name not in HOOK_TYPES:
+        raise ValueError(f"unknown hook type {name!r} (one of {', '.join(HOOK_TYPES)})")
+    return name
+
+
+def _parse_mode(text: str) -> int:
+    return int(text, 8)
+
+
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _setting(default: Any, help: str, parse: Callable[[str], Any], **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, "parse": parse, **kw})
+
+
+def _setting_factory(factory: Callable[[], Any], help: str, parse: Callable[[str], Any]) -> Any:
+    return field(default_factory=factory, metadata={"help": help, "parse": parse})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tykworker setting. Field name = TOML key; env var = TYKWORKER_<NAME>;
+    flag = --<name-with-dashes>."""
+
+    socket: str = _setting(
+        "/run/tyk.sock", "gRPC listen address: PATH, unix://PATH or tcp://HOST:PORT", str
+    )
+    raw_socket: str | None = _setting(
+        None, "optional Unix socket path for raw length-prefixed frames", _parse_optional_str
+    )
+    socket_mode: int = _setting(0o660, "permission bits of Unix sockets (octal)", _parse_mode)
+    middleware: str = _setting("./middleware", "directory of middleware modules", str)
+    event_handlers: str = _setting("./event_handlers", "directory of event handler modules", str)
+    bundles: str | None = _setting(
+        None, "directory of unpacked Tyk bundles (<dir>/<bundle_hash>/)", _parse_optional_str
+    )
+    workers: int = _setting(os.cpu_count() or 1, "number of worker processes", int)
+    hook_timeout: float = _setting(5.0, "per-call deadline in seconds", float)
+    hook_timeout_for: dict[str, float] = _setting_factory(
+        dict, "per-hook-type deadlines, e.g. pre=2,auth=1", _parse_hook_map
+    )
+    fail_open: tuple[str, ...] = _setting(
+        (), "hook types answered by echoing the request on timeout/crash/overload", _parse_hook_list
+    )
+    queue_size: int = _setting(1024, "calls waiting for a worker before overload answers", int)
+    max_message_mb: int = _setting(64, "largest gRPC/raw message accepted or sent, MiB", int)
+    max_requests: int = _setting(0, "recycle a worker after this many calls (0 = never)", int)
+    max_requests_jitter: int = _setting(0, "random extra calls added to --max-requests", int)
+    max_rss_mb: int = _setting(0, "recycle a worker whose RSS exceeds this (0 = never)", int)
+    graceful_timeout: float = _setting(30.0, "seconds to finish calls on stop/reload", float)
+    redis_url: str | None = _setting(
+        None, "Redis URL for store_data/get_data (default: embedded store)", _parse_optional_str
+    )
+    runtime_dir: str | None = _setting(
+        None, "directory for private sockets, scoreboard and store", _parse_optional_str
+    )
+    log_format: str = _setting("text", "log format: text or json", _parse_choice("text", "json"))
+    log_level: str = _setting(
+        "info", "log level", _parse_choice("debug", "info", "warning", "error")
+    )
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+    def timeout_for(self, hook: str) -> float:
+        """Deadline in seconds for a hook type name (see ``HOOK_TYPES``)."""
+        return self.hook_timeout_for.get(hook, self.hook_timeout)
+
+    def resolved_runtime_dir(self) -> Path:
+        """The runtime directory: explicit, else derived from the socket address so that
+        ``tykworker status --socket X`` finds the same one."""
+        if self.runtime_dir:
+            return Path(self.runtime_dir)
+        kind, address = parse_address(self.socket)
+        if kind == "unix":
+            path = Path(address).absolute()
+            return path.parent / f".{path.name}.tykworker"
+        safe = address.replace(":", "_").replace("[", "").replace("]", "")
+        return Path(tempfile.gettempdir()) / f"tykworker-tcp-{safe}"
+
+
+def parse_address(address: str) -> tuple[str, str]:
+    """Split a listen address into ``("unix", path)`` or ``("tcp", "host:port")``."""
+    if address.startswith("tcp://"):
+        return "tcp", address[len("tcp://") :]
+    if address.startswith("unix://"):
+        return "unix", address[len("unix://") :]
+    return "unix", address
+
+
+SETTINGS_FIELDS: Final = tuple(dataclasses.fields(Settings))
+_FIELD_BY_NAME: Final = {f.name: f for f in SETTINGS_FIELDS}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a raw value from TOML/env/CLI into the field's type, or raise ConfigError."""
+    meta = _FIELD_BY_NAME[name].metadata
+    try:
+        if isinstance(value, str):
+            return meta["parse"](value)
+        if name == "hook_timeout_for" and isinstance(value, dict):
+            return {_hook_name(k): float(v) for k, v in value.items()}
+        if name == "fail_open" and isinstance(value, list):
+            return tuple(_hook_name(str(v)) for v in value)
+        if name == "socket_mode" and isinstance(value, int):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"unexpected {type(value).__name__} value {value!r}")
+        return meta["parse"](str(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: invalid value for {name!r}: {exc}") from exc
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    section = data.get("tykworker", data)
+    out = {}
+    for key, value in section.items():
+        name = key.replace("-", "_")
+        if name not in _FIELD_BY_NAME:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        out[name] = _coerce(name, value, f"config file {path}")
+    return out
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name in _FIELD_BY_NAME:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            out[name] = _coerce(name, environ[key], f"environment {key}")
+    return out
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per setting; parsed values stay strings (None when absent)."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    for f in SETTINGS_FIELDS:
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f.metadata["help"]
+        )
+
+
+def load_settings(
+    cli: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the four layers into a validated ``Settings``.
+
+    ``cli`` maps field names (plus ``config``) to the raw strings given on the command
+    line (``None`` = not given). Raises ``ConfigError`` on any invalid value.
+    """
+    cli = cli or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = cli.get("config") or environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        values.update(_from_toml(config_file))
+    values.update(_from_env(environ))
+    for name, raw in cli.items():
+        if name in _FIELD_BY_NAME and raw is not None:
+            values[name] = _coerce(name, raw, f"--{name.replace('_', '-')}")
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    checks: Sequence[tuple[bool, str]] = (
+        (s.workers >= 1, "workers must be at least 1"),
+        (s.hook_timeout > 0, "hook_timeout must be positive"),
+        (all(v > 0 for v in s.hook_timeout_for.values()), "hook timeouts must be positive"),
+        (s.queue_size >= 0, "queue_size must be >= 0"),
+        (s.max_message_mb >= 1, "max_message_mb must be >= 1"),
+        (s.max_requests >= 0 and s.max_requests_jitter >= 0, "max_requests must be >= 0"),
+        (s.max_rss_mb >= 0, "max_rss_mb must be >= 0"),
+        (s.graceful_timeout >= 0, "graceful_timeout must be >= 0"),
+        ("auth" not in s.fail_open, "auth hooks cannot fail open (the gateway needs a session)"),
+        (s.socket_mode & 0o007 == 0, "socket_mode must not grant access to others"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    kind, address = parse_address(s.socket)
+    if kind == "tcp" and ":" not in address:
+        raise ConfigError(f"tcp socket needs HOST:PORT, got {s.socket!r}")
+    if not address:
+        raise ConfigError("socket address is empty")
