@@ -37,7 +37,9 @@ def generate(out_dir: Path) -> list[Path]:
         text = re.sub(r"^from (coprocess_\w+_pb2) import", r"from .\1 import", text, flags=re.M)
         path.write_text(text)
     init = out_dir / "__init__.py"
-    init.write_text('"""Generated protobuf modules for Tyk\'s coprocess protocol (do not edit)."""\n')
+    init.write_text(
+        '"""Generated protobuf modules for Tyk\'s coprocess protocol (do not edit)."""\n'
+    )
     return [*written, init]
 
 

@@ -90,10 +90,6 @@ def _setting(default: Any, help: str, parse: Callable[[str], Any], **kw: Any) ->
     return field(default=default, metadata={"help": help, "parse": parse, **kw})
 
 
-def _setting_factory(factory: Callable[[], Any], help: str, parse: Callable[[str], Any]) -> Any:
-    return field(default_factory=factory, metadata={"help": help, "parse": parse})
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every tykworker setting. Field name = TOML key; env var = TYKWORKER_<NAME>;
@@ -113,8 +109,9 @@ class Settings:
     )
     workers: int = _setting(os.cpu_count() or 1, "number of worker processes", int)
     hook_timeout: float = _setting(5.0, "per-call deadline in seconds", float)
-    hook_timeout_for: dict[str, float] = _setting_factory(
-        dict, "per-hook-type deadlines, e.g. pre=2,auth=1", _parse_hook_map
+    hook_timeout_for: dict[str, float] = field(
+        default_factory=dict,
+        metadata={"help": "per-hook-type deadlines, e.g. pre=2,auth=1", "parse": _parse_hook_map},
     )
     fail_open: tuple[str, ...] = _setting(
         (), "hook types answered by echoing the request on timeout/crash/overload", _parse_hook_list
@@ -170,21 +167,31 @@ SETTINGS_FIELDS: Final = tuple(dataclasses.fields(Settings))
 _FIELD_BY_NAME: Final = {f.name: f for f in SETTINGS_FIELDS}
 
 
+def _seconds(value: Any) -> float:
+    # float(True) == 1.0: a TOML boolean must not pass for a number of seconds.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"unexpected {type(value).__name__} value {value!r}")
+    return float(value)
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Turn a raw value from TOML/env/CLI into the field's type, or raise ConfigError."""
-    meta = _FIELD_BY_NAME[name].metadata
+    f = _FIELD_BY_NAME[name]
     try:
         if isinstance(value, str):
-            return meta["parse"](value)
+            return f.metadata["parse"](value)
         if name == "hook_timeout_for" and isinstance(value, dict):
-            return {_hook_name(k): float(v) for k, v in value.items()}
+            return {_hook_name(k): _seconds(v) for k, v in value.items()}
         if name == "fail_open" and isinstance(value, list):
             return tuple(_hook_name(str(v)) for v in value)
-        if name == "socket_mode" and isinstance(value, int):
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # Native TOML numbers only for numeric settings (bool is an int subclass: reject
+        # it, or `socket_mode = false` would silently give mode 0).
+        numeric = f.type in ("int", "float")
+        if isinstance(value, bool) or not numeric or not isinstance(value, (int, float)):
             raise ValueError(f"unexpected {type(value).__name__} value {value!r}")
-        return meta["parse"](str(value))
+        if name == "socket_mode":
+            return value
+        return f.metadata["parse"](str(value))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: invalid value for {name!r}: {exc}") from exc
 
@@ -198,6 +205,8 @@ def _from_toml(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
     section = data.get("tykworker", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: 'tykworker' must be a table")
     out = {}
     for key, value in section.items():
         name = key.replace("-", "_")
@@ -237,36 +246,46 @@ def load_settings(
     cli = cli or {}
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # setting -> the layer its value came from, for errors
     config_file = cli.get("config") or environ.get(ENV_PREFIX + "CONFIG")
     if config_file:
-        values.update(_from_toml(config_file))
-    values.update(_from_env(environ))
+        from_file = _from_toml(config_file)
+        values.update(from_file)
+        sources.update(dict.fromkeys(from_file, f"config file {config_file}"))
+    from_env = _from_env(environ)
+    values.update(from_env)
+    sources.update({name: f"environment {ENV_PREFIX}{name.upper()}" for name in from_env})
     for name, raw in cli.items():
         if name in _FIELD_BY_NAME and raw is not None:
-            values[name] = _coerce(name, raw, f"--{name.replace('_', '-')}")
+            sources[name] = f"--{name.replace('_', '-')}"
+            values[name] = _coerce(name, raw, sources[name])
     settings = Settings(**values)
-    _validate(settings)
+    _validate(settings, sources)
     return settings
 
 
-def _validate(s: Settings) -> None:
-    checks: Sequence[tuple[bool, str]] = (
-        (s.workers >= 1, "workers must be at least 1"),
-        (s.hook_timeout > 0, "hook_timeout must be positive"),
-        (all(v > 0 for v in s.hook_timeout_for.values()), "hook timeouts must be positive"),
-        (s.queue_size >= 0, "queue_size must be >= 0"),
-        (s.max_message_mb >= 1, "max_message_mb must be >= 1"),
-        (s.max_requests >= 0 and s.max_requests_jitter >= 0, "max_requests must be >= 0"),
-        (s.max_rss_mb >= 0, "max_rss_mb must be >= 0"),
-        (s.graceful_timeout >= 0, "graceful_timeout must be >= 0"),
-        ("auth" not in s.fail_open, "auth hooks cannot fail open (the gateway needs a session)"),
-        (s.socket_mode & 0o007 == 0, "socket_mode must not grant access to others"),
-    )
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+def _validate(s: Settings, sources: Mapping[str, str]) -> None:
     kind, address = parse_address(s.socket)
-    if kind == "tcp" and ":" not in address:
-        raise ConfigError(f"tcp socket needs HOST:PORT, got {s.socket!r}")
-    if not address:
-        raise ConfigError("socket address is empty")
+    checks: Sequence[tuple[bool, str, str]] = (
+        (s.workers >= 1, "workers", "must be at least 1"),
+        (s.hook_timeout > 0, "hook_timeout", "must be positive"),
+        (all(v > 0 for v in s.hook_timeout_for.values()), "hook_timeout_for", "must be positive"),
+        (s.queue_size >= 0, "queue_size", "must be >= 0"),
+        (s.max_message_mb >= 1, "max_message_mb", "must be >= 1"),
+        (s.max_requests >= 0, "max_requests", "must be >= 0"),
+        (s.max_requests_jitter >= 0, "max_requests_jitter", "must be >= 0"),
+        (s.max_rss_mb >= 0, "max_rss_mb", "must be >= 0"),
+        (s.graceful_timeout >= 0, "graceful_timeout", "must be >= 0"),
+        (
+            "auth" not in s.fail_open,
+            "fail_open",
+            "auth hooks cannot fail open (the gateway needs a session)",
+        ),
+        (s.socket_mode & 0o007 == 0, "socket_mode", "must not grant access to others"),
+        (bool(address), "socket", "address is empty"),
+        (kind != "tcp" or ":" in address, "socket", f"tcp needs HOST:PORT, got {s.socket!r}"),
+    )
+    for ok, name, message in checks:
+        if not ok:
+            source = sources.get(name, "default")
+            raise ConfigError(f"{source}: invalid value for {name!r}: {message}")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NoReturn
 
 from .errors import ProtocolError
 
@@ -65,19 +65,30 @@ class Frame:
 
 
 def encode_frame(kind: FrameKind, call_id: int, payload: bytes = b"") -> bytes:
-    """Header + payload as one bytes object."""
-    return HEADER.pack(MAGIC, VERSION, kind, len(payload), call_id) + payload
+    """Header + payload as one bytes object.
+
+    Raises ``ProtocolError`` if ``call_id`` is outside 0..2**64-1 or the payload is 4 GiB
+    or more (the header cannot represent them).
+    """
+    return encode_header(kind, call_id, len(payload)) + payload
 
 
 def encode_header(kind: FrameKind, call_id: int, length: int) -> bytes:
-    """Just the header, for writers that send a large payload without copying it."""
-    return HEADER.pack(MAGIC, VERSION, kind, length, call_id)
+    """Just the header, for writers that send a large payload without copying it.
+
+    Raises ``ProtocolError`` like ``encode_frame``.
+    """
+    try:
+        return HEADER.pack(MAGIC, VERSION, kind, length, call_id)
+    except struct.error as exc:
+        # This module raises only ProtocolError (STYLE.md section 9).
+        raise ProtocolError(f"cannot encode a frame header: {exc}") from exc
 
 
 class FrameDecoder:
     """Incremental decoder: ``feed`` bytes, then call ``next_frame`` until it returns None."""
 
-    __slots__ = ("_buf", "_pos", "_max", "_pending", "_error")
+    __slots__ = ("_buf", "_error", "_max", "_pending", "_pos")
 
     def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self._buf = bytearray()
@@ -137,7 +148,7 @@ class FrameDecoder:
             self._fail(f"frame payload of {length} bytes exceeds the limit of {self._max}")
         return frame_kind, length, call_id
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str) -> NoReturn:
         self._error = ProtocolError(message)
         raise self._error
 
@@ -193,6 +204,8 @@ def peek_object_header(data: bytes) -> tuple[int, str]:
                 pos += 4
             else:
                 raise ValueError(f"unsupported wire type {wire}")
+            if pos > len(data):
+                raise ValueError("truncated fixed-width field")
     except ValueError:
         return 0, ""
     return hook_type, hook_name

@@ -1,0 +1,265 @@
+"""Fixtures that run the real ``tykworker serve`` and talk to it like a Tyk gateway.
+
+* Each server gets a short temporary directory (AF_UNIX paths are limited to 108 bytes).
+* Readiness is read from a real sd_notify datagram socket (NOTIFY_SOCKET): no sleeps, no
+  polling of the socket path.
+* Teardown sends SIGTERM to the process group, waits, then SIGKILLs whatever is left, and
+  fails the test if a tykworker process survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+
+HERE = Path(__file__).parent
+PLUGINS = HERE / "plugins"
+EVENTS = HERE / "events"
+ROOT = HERE.parent.parent
+HOOK_TYPES = {"pre": 1, "post": 2, "post_key_auth": 3, "auth": 4, "response": 5}
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns a truthy value (condition wait, bounded)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def make_object(
+    hook: str,
+    hook_type: str = "pre",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    method: str = "GET",
+    spec: dict[str, str] | None = None,
+    session: bool = False,
+) -> object_pb2.Object:
+    """An Object as the gateway builds it (PROTOCOL.md §2.1)."""
+    obj = object_pb2.Object(hook_type=HOOK_TYPES[hook_type], hook_name=hook)
+    req = obj.request
+    req.headers.update({"Host": "gw.example", **(headers or {})})
+    req.url = "/api/things?x=1"
+    req.request_uri = "/api/things?x=1"
+    req.params["x"] = "1"
+    req.method = method
+    req.scheme = "http"
+    req.raw_body = body
+    with contextlib.suppress(UnicodeDecodeError):
+        req.body = body.decode()
+    req.return_overrides.response_code = -1
+    obj.spec.update(
+        spec
+        or {"APIID": "api1", "OrgID": "org1", "bundle_hash": "d41d8cd98f00b204e9800998ecf8427e"}
+    )
+    if session or hook_type in ("post_key_auth", "post", "response"):
+        obj.session.rate = 1
+    if hook_type == "response":
+        obj.response.status_code = 200
+        obj.response.raw_body = b'{"ok": true}'
+        obj.response.headers["Content-Type"] = "application/json"
+    return obj
+
+
+class Server:
+    """One running ``tykworker serve`` process tree."""
+
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.socket = str(workdir / "tyk.sock")
+        self.args = args
+        self.log_path = workdir / "server.log"
+        self.notify_path = str(workdir / "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(30)
+        self.messages: list[str] = []
+        env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify_path}
+        env.pop("TYKWORKER_CONFIG", None)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "tykworker", "serve", "--socket", self.socket, *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._channel: grpc.Channel | None = None
+
+    # --- notify ---------------------------------------------------------------------
+    def wait_notify(self, prefix: str, timeout: float = 30.0) -> str:
+        """Next sd_notify line starting with ``prefix`` (earlier ones are kept)."""
+        for line in self.messages:
+            if line.startswith(prefix):
+                self.messages.remove(line)
+                return line
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
+            try:
+                data = self.notify.recv(4096).decode()
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            found = None
+            for line in data.splitlines():
+                if found is None and line.startswith(prefix):
+                    found = line
+                else:
+                    self.messages.append(line)
+            if found is not None:
+                return found
+            if self.proc.poll() is not None:
+                break
+        raise AssertionError(f"no {prefix!r} notification; log:\n{self.log()}")
+
+    def wait_ready(self) -> Server:
+        self.wait_notify("READY=1")
+        return self
+
+    # --- calls ----------------------------------------------------------------------
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            limit = 64 * 1024 * 1024
+            self._channel = grpc.insecure_channel(
+                "unix://" + self.socket,
+                options=[
+                    ("grpc.max_receive_message_length", limit),
+                    ("grpc.max_send_message_length", limit),
+                ],
+            )
+        return self._channel
+
+    def dispatch_raw(self, payload: bytes, timeout: float = 30.0) -> bytes:
+        method = self.channel.unary_unary("/coprocess.Dispatcher/Dispatch")
+        return method(payload, timeout=timeout)  # type: ignore[no-any-return]
+
+    def dispatch(self, hook: str, hook_type: str = "pre", **kw: Any) -> object_pb2.Object:
+        payload = make_object(hook, hook_type, **kw).SerializeToString()
+        return object_pb2.Object.FromString(self.dispatch_raw(payload))
+
+    def event(self, payload: str) -> bytes:
+        method = self.channel.unary_unary("/coprocess.Dispatcher/DispatchEvent")
+        return method(object_pb2.Event(payload=payload).SerializeToString(), timeout=30)  # type: ignore[no-any-return]
+
+    # --- processes ------------------------------------------------------------------
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def worker_pids(self, generation: int | None = None) -> set[int]:
+        out = set()
+        for child in self.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                title = " ".join(child.cmdline())
+                if title.startswith("tykworker: worker ") and (
+                    generation is None or f"gen {generation} " in title
+                ):
+                    out.add(child.pid)
+        return out
+
+    def front_pid(self) -> int:
+        for child in self.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if " ".join(child.cmdline()).startswith("tykworker: front"):
+                    return child.pid
+        raise AssertionError("no front process")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def stop(self) -> int | None:
+        if self._channel is not None:
+            self._channel.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=40)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._log.close()
+        self.notify.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tw-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_server(workdir: Path) -> Iterator[Callable[..., Server]]:
+    """Factory: ``start_server(*args, plugins=dir, ready=True)`` -> running Server."""
+    servers: list[Server] = []
+
+    def start(
+        *args: str,
+        plugins: Path | None = None,
+        events: Path | None = None,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> Server:
+        plugin_dir = workdir / "middleware"
+        if not plugin_dir.exists():
+            shutil.copytree(plugins or PLUGINS, plugin_dir)
+        event_dir = workdir / "event_handlers"
+        if not event_dir.exists():
+            shutil.copytree(events or EVENTS, event_dir)
+        base = ["--middleware", str(plugin_dir), "--event-handlers", str(event_dir)]
+        server = Server(workdir, [*base, *args], env)
+        servers.append(server)
+        return server.wait_ready() if ready else server
+
+    yield start
+    for server in servers:
+        server.stop()
+        leftovers = session_processes(server.proc.pid)
+        assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def session_processes(sid: int) -> list[psutil.Process]:
+    """Live processes of the server's session (it runs with start_new_session)."""
+    out = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+    return out

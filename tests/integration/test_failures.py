@@ -1,0 +1,105 @@
+"""Timeouts, crashes and overload: every call gets exactly one defined answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_timeout_answers_504_dumps_stack_and_replaces_worker(start_server):
+    server = start_server("--workers", "1", "--hook-timeout", "1")
+    (stuck,) = server.worker_pids()
+    reply = server.dispatch("Sleep", headers={"Sleep": "60"})
+    overrides = reply.request.return_overrides
+    assert (overrides.response_code, overrides.response_error) == (504, "Plugin timeout")
+    assert overrides.headers["X-Tykworker-Error"] == "timeout"
+    wait_for(lambda: server.worker_pids() and stuck not in server.worker_pids(), what="respawn")
+    log = wait_for(lambda: "Fatal Python error: Aborted" in server.log() and server.log())
+    assert f"worker pid {stuck} stuck on call" in log and "hook 'Sleep'" in log
+    assert "in Sleep" in log  # the plugin frame is in the dumped stack
+    assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
+
+
+def test_per_hook_type_timeout_and_fail_open(start_server):
+    server = start_server(
+        "--workers",
+        "2",
+        "--hook-timeout",
+        "30",
+        "--hook-timeout-for",
+        "post=0.5",
+        "--fail-open",
+        "post",
+    )
+    reply = server.dispatch("Sleep", hook_type="post", headers={"Sleep": "30"})
+    # Fail open: the original object comes back untouched.
+    assert reply.request.return_overrides.response_code == -1
+    assert "X-Worker-Pid" not in reply.request.set_headers
+
+
+def test_response_hook_timeout_sets_the_response(start_server):
+    server = start_server("--workers", "1", "--hook-timeout", "0.5")
+    reply = server.dispatch("Sleep", hook_type="response", headers={"Sleep": "30"})
+    assert reply.response.status_code == 504
+    assert b"Plugin timeout" in reply.response.raw_body
+
+
+@pytest.mark.parametrize("hook", ["Exit", "Segfault"])
+def test_worker_dying_mid_call_answers_502_and_is_refilled(start_server, hook):
+    server = start_server("--workers", "1")
+    (before,) = server.worker_pids()
+    reply = server.dispatch(hook)
+    assert reply.request.return_overrides.response_code == 502
+    wait_for(lambda: server.worker_pids() - {before}, what="refill")
+    assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
+
+
+def test_sigkill_of_a_busy_worker_answers_crash(start_server):
+    server = start_server("--workers", "1")
+    (pid,) = server.worker_pids()
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("r", server.dispatch("Sleep", headers={"Sleep": "30"}))
+    )
+    thread.start()
+    wait_for(lambda: "running Sleep" in " ".join(_cmdline(pid)), what="worker busy")
+    os.kill(pid, signal.SIGKILL)
+    thread.join(30)
+    assert result["r"].request.return_overrides.response_code == 502
+    wait_for(lambda: server.worker_pids() - {pid}, what="refill")
+
+
+def test_full_queue_gets_immediate_overload_answer(start_server):
+    server = start_server("--workers", "1", "--queue-size", "0")
+    (pid,) = server.worker_pids()
+    thread = threading.Thread(
+        target=server.dispatch, args=("Sleep",), kwargs={"headers": {"Sleep": "2"}}
+    )
+    thread.start()
+    wait_for(lambda: "running Sleep" in " ".join(_cmdline(pid)), what="worker busy")
+    reply = server.dispatch("Echo")
+    assert reply.request.return_overrides.response_code == 503
+    assert reply.request.return_overrides.headers["X-Tykworker-Error"] == "overload"
+    thread.join(30)
+
+
+def test_auth_hook_timeout_fails_closed(start_server):
+    server = start_server("--workers", "1", "--hook-timeout-for", "auth=0.5")
+    reply = server.dispatch("Sleep", hook_type="auth", headers={"Sleep": "30"})
+    assert reply.request.return_overrides.response_code == 504
+    assert not reply.HasField("session") or "token" not in reply.session.metadata
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().decode().split("\0")
+    except OSError:
+        return []

@@ -1,0 +1,177 @@
+"""Reload, drain, recycling, resizing and the process invariants of the real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from .conftest import Server, session_processes, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _set_version(workdir: Path, version: str) -> None:
+    path = workdir / "middleware" / "hooks.py"
+    text = path.read_text()
+    start = text.index('"X-Version", "') + len('"X-Version", "')
+    end = text.index('"', start)
+    path.write_text(text[:start] + version + text[end:])
+
+
+class Load:
+    """Steady load from a few client threads; counts answers by status."""
+
+    def __init__(self, server: Server, threads: int = 3) -> None:
+        self.server = server
+        self.stop = threading.Event()
+        self.codes: list[int] = []
+        self.versions: list[str] = []
+        self.errors: list[Exception] = []
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                reply = self.server.dispatch("Echo")
+            except Exception as exc:  # a failed call is what these tests look for
+                self.errors.append(exc)
+                continue
+            self.codes.append(reply.request.return_overrides.response_code)
+            self.versions.append(reply.request.set_headers["X-Version"])
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def test_sighup_reload_under_load_fails_no_call(start_server, workdir):
+    server = start_server("--workers", "2")
+    old = server.worker_pids()
+    load = Load(server)
+    wait_for(lambda: len(load.codes) > 50, what="load running")
+    _set_version(workdir, "2")
+    server.signal(signal.SIGHUP)
+    server.wait_notify("RELOADING=1")
+    server.wait_notify("READY=1")
+    wait_for(lambda: not (server.worker_pids() & old), what="old generation gone")
+    count = len(load.codes)
+    wait_for(lambda: len(load.codes) > count + 50, what="load after reload")
+    load.finish()
+    assert load.errors == []
+    assert set(load.codes) == {-1}
+    assert load.versions[-1] == "2" and load.versions[0] == "1"
+    assert server.worker_pids(generation=2)
+
+
+def test_reload_with_broken_plugin_keeps_old_generation(start_server, workdir):
+    server = start_server("--workers", "2")
+    old = server.worker_pids()
+    (workdir / "middleware" / "broken.py").write_text("import does_not_exist_anywhere\n")
+    server.signal(signal.SIGHUP)
+    server.wait_notify("RELOADING=1")
+    ready = server.wait_notify("READY=1")
+    assert "reload failed" in server.log() or "failed" in ready
+    assert "does_not_exist_anywhere" in server.log()
+    wait_for(lambda: server.worker_pids() == old, what="failed generation gone")
+    assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
+    assert server.worker_pids() == old
+
+
+def test_sigterm_drains_in_flight_calls_and_removes_socket(start_server):
+    server = start_server("--workers", "1")
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("r", server.dispatch("Sleep", headers={"Sleep": "1"}))
+    )
+    thread.start()
+    (pid,) = server.worker_pids()
+    wait_for(lambda: "running Sleep" in Path(f"/proc/{pid}/cmdline").read_text(), what="busy")
+    server.signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    thread.join(10)
+    assert result["r"].request.set_headers["X-Worker-Pid"] == str(pid)
+    assert not os.path.exists(server.socket)
+    assert session_processes(server.proc.pid) == []
+
+
+def test_plugin_import_error_at_start_exits_3(start_server, workdir):
+    (workdir / "middleware").mkdir()
+    (workdir / "middleware" / "bad.py").write_text("raise ImportError('broken on purpose')\n")
+    server = start_server("--workers", "2", ready=False)
+    assert server.proc.wait(30) == 3
+    assert "broken on purpose" in server.log()
+
+
+def test_max_requests_recycles_without_failing_calls(start_server):
+    server = start_server("--workers", "1", "--max-requests", "5")
+    pids = set()
+    for _ in range(20):
+        reply = server.dispatch("Echo")
+        assert reply.request.return_overrides.response_code == -1
+        pids.add(int(reply.request.set_headers["X-Worker-Pid"]))
+    assert len(pids) >= 4
+
+
+def test_max_rss_recycles_leaking_worker(start_server):
+    server = start_server("--workers", "1", "--max-rss-mb", "80")
+    pids = []
+    for _ in range(12):
+        reply = server.dispatch("Leak")
+        assert reply.request.return_overrides.response_code == -1
+        pids.append(int(reply.request.set_headers["X-Worker-Pid"]))
+    assert len(set(pids)) >= 2
+    assert "RSS" in server.log()
+
+
+def test_ttin_ttou_resize_the_pool(start_server):
+    server = start_server("--workers", "1")
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.worker_pids()) == 2, what="2 workers")
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: len(server.worker_pids()) == 1, what="1 worker")
+
+
+def test_supervisor_never_imports_grpc_and_titles_name_roles(start_server):
+    server = start_server("--workers", "2")
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "cygrpc" not in maps
+    assert "cygrpc" in Path(f"/proc/{server.front_pid()}/maps").read_text()
+    titles = sorted(Path(f"/proc/{p}/cmdline").read_text() for p in server.worker_pids())
+    assert all(t.startswith("tykworker: worker ") and "gen 1" in t for t in titles)
+    assert Path(f"/proc/{server.proc.pid}/cmdline").read_text().startswith("tykworker: supervisor")
+
+
+def test_orphans_of_plugins_are_reaped(start_server):
+    server = start_server("--workers", "1", "--max-requests", "1")
+    server.dispatch("Orphan")
+    wait_for(
+        lambda: not any(p.name() == "sleep" for p in session_processes(server.proc.pid)),
+        what="orphan killed",
+    )
+
+
+def test_status_command_lists_workers(start_server):
+    server = start_server("--workers", "2")
+    out = subprocess.run(
+        [sys.executable, "-m", "tykworker", "status", "--socket", server.socket],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for pid in server.worker_pids():
+        assert str(pid) in out
+
+
+def test_socket_mode_is_0660(start_server):
+    server = start_server("--workers", "1")
+    assert os.stat(server.socket).st_mode & 0o777 == 0o660

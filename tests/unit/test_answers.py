@@ -1,0 +1,236 @@
+"""Answers made on a hook's behalf (``tykworker.answers``).
+
+The reply is ``original bytes + fragment``; these tests decode it with the real protobuf
+classes and compare whole messages, so anything the fragment clobbers shows up.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tykworker._proto import coprocess_common_pb2 as common_pb2
+from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker._proto import coprocess_response_object_pb2 as response_pb2
+from tykworker._proto import coprocess_return_overrides_pb2 as overrides_pb2
+from tykworker._proto import coprocess_session_state_pb2 as session_pb2
+from tykworker.answers import (
+    ANSWER_HEADER,
+    RESPONSE_HOOK,
+    Reason,
+    event_reply,
+    failure_reply,
+    override_fragment,
+)
+from tykworker.protocol import peek_object_header
+
+REQUEST_HOOKS = [common_pb2.Pre, common_pb2.Post, common_pb2.PostKeyAuth, common_pb2.CustomKeyCheck]
+ALL_HOOKS = [*REQUEST_HOOKS, common_pb2.Response]
+
+
+def gateway_object(hook_type: common_pb2.HookType) -> object_pb2.Object:
+    """An Object shaped like the gateway's (PROTOCOL.md 2.1-2.5) for ``hook_type``."""
+    obj = object_pb2.Object(
+        hook_type=hook_type,
+        hook_name="MyHook",
+        request=request_pb2.MiniRequestObject(
+            headers={"Content-Type": "text/plain", "Authorization": "secret"},
+            body="hello",
+            raw_body=b"hello\x00\xff binary",
+            url="/listen/path?q=1",
+            params={"q": "1"},
+            method="PUT",
+            request_uri="/listen/path?q=1",
+            scheme="https",
+            return_overrides=overrides_pb2.ReturnOverrides(response_code=-1),
+        ),
+        spec={"OrgID": "org1", "APIID": "api1", "bundle_hash": "d41d8cd98f00b204e9800998ecf8427e"},
+    )
+    if hook_type in (common_pb2.Post, common_pb2.PostKeyAuth, common_pb2.Response):
+        obj.session.CopyFrom(
+            session_pb2.SessionState(
+                rate=100,
+                per=60,
+                quota_max=-1,
+                org_id="org1",
+                metadata={"token": "abc", "user": "u1"},
+                tags=["t1"],
+            )
+        )
+        obj.metadata.update({"token": "abc", "user": "u1"})
+    if hook_type == common_pb2.Response:
+        obj.response.CopyFrom(
+            response_pb2.ResponseObject(
+                status_code=200,
+                raw_body=b'{"upstream": "a body much longer than the error body"}',
+                body='{"upstream": "a body much longer than the error body"}',
+                headers={"Content-Type": "text/html", "X-Upstream": "1"},
+                multivalue_headers=[
+                    response_pb2.Header(key="Content-Type", values=["text/html"]),
+                    response_pb2.Header(key="Set-Cookie", values=["a=1", "b=2"]),
+                ],
+            )
+        )
+    return obj
+
+
+def decode(data: bytes) -> object_pb2.Object:
+    return object_pb2.Object.FromString(data)
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+@pytest.mark.parametrize("hook_type", REQUEST_HOOKS)
+def test_request_hook_failure_sets_return_overrides_only(
+    hook_type: common_pb2.HookType, reason: Reason
+) -> None:
+    original = gateway_object(hook_type)
+    reply = decode(failure_reply(original.SerializeToString(), hook_type, reason, False))
+
+    expected = object_pb2.Object()
+    expected.CopyFrom(original)
+    overrides = expected.request.return_overrides
+    overrides.response_code = reason.status
+    overrides.response_error = reason.message
+    overrides.headers[ANSWER_HEADER] = reason.code
+    assert reply == expected
+    # The override fires in the gateway (code >= 400, JSON error template).
+    assert reply.request.return_overrides.response_code >= 400
+    assert not reply.request.return_overrides.override_error
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+@pytest.mark.parametrize("hook_type", REQUEST_HOOKS)
+def test_request_hook_failure_echoes_what_the_gateway_reads_back(
+    hook_type: common_pb2.HookType, reason: Reason
+) -> None:
+    original = gateway_object(hook_type)
+    reply = decode(failure_reply(original.SerializeToString(), hook_type, reason, False))
+    assert reply.request.raw_body == original.request.raw_body
+    assert reply.request.url == original.request.url
+    assert reply.request.method == original.request.method
+    assert dict(reply.request.headers) == dict(original.request.headers)
+    assert reply.HasField("session") == original.HasField("session")
+    assert reply.session == original.session
+    assert dict(reply.metadata) == dict(original.metadata)
+    assert dict(reply.spec) == dict(original.spec)
+    assert (reply.hook_type, reply.hook_name) == (hook_type, "MyHook")
+    assert not reply.HasField("response")
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_response_hook_failure_rewrites_the_response(reason: Reason) -> None:
+    original = gateway_object(common_pb2.Response)
+    reply = decode(failure_reply(original.SerializeToString(), RESPONSE_HOOK, reason, False))
+
+    assert reply.response.status_code == reason.status
+    # Replaced, not appended to the longer upstream body.
+    assert json.loads(reply.response.raw_body) == {"error": reason.message}
+    assert reply.response.headers["Content-Type"] == "application/json"
+    assert reply.response.headers[ANSWER_HEADER] == reason.code
+    assert reply.response.headers["X-Upstream"] == "1"
+
+    expected = object_pb2.Object()
+    expected.CopyFrom(original)
+    expected.response.status_code = reason.status
+    expected.response.raw_body = reply.response.raw_body
+    expected.response.headers["Content-Type"] = "application/json"
+    expected.response.headers[ANSWER_HEADER] = reason.code
+    assert reply == expected
+    # Response hooks ignore return_overrides: it stays what the gateway sent.
+    assert reply.request.return_overrides.response_code == -1
+    assert list(reply.response.multivalue_headers) == list(original.response.multivalue_headers)
+    assert reply.session == original.session
+    assert reply.request.raw_body == original.request.raw_body
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+@pytest.mark.parametrize("hook_type", ALL_HOOKS)
+def test_fail_open_returns_the_original_bytes(
+    hook_type: common_pb2.HookType, reason: Reason
+) -> None:
+    original = gateway_object(hook_type).SerializeToString()
+    assert failure_reply(original, hook_type, reason, True) == original
+
+
+@pytest.mark.parametrize("hook_type", ALL_HOOKS)
+def test_failure_reply_keeps_the_peekable_header(hook_type: common_pb2.HookType) -> None:
+    original = gateway_object(hook_type).SerializeToString()
+    reply = failure_reply(original, hook_type, Reason.TIMEOUT, False)
+    assert reply.startswith(original)
+    assert peek_object_header(reply) == (hook_type, "MyHook")
+
+
+def test_existing_override_headers_are_kept_and_ours_added() -> None:
+    original = gateway_object(common_pb2.Pre)
+    original.request.return_overrides.headers["X-Earlier"] = "yes"
+    original.request.return_overrides.response_body = "earlier body"
+    reply = decode(failure_reply(original.SerializeToString(), common_pb2.Pre, Reason.CRASH, False))
+    assert dict(reply.request.return_overrides.headers) == {
+        "X-Earlier": "yes",
+        ANSWER_HEADER: "crash",
+    }
+    assert reply.request.return_overrides.response_code == 502
+    # response_error wins over response_body in the gateway (PROTOCOL.md 1.7).
+    assert reply.request.return_overrides.response_error == "Plugin crashed"
+
+
+def test_unknown_hook_type_gets_a_request_override() -> None:
+    original = gateway_object(common_pb2.Unknown).SerializeToString()
+    reply = decode(failure_reply(original, common_pb2.Unknown, Reason.NO_HOOK, False))
+    assert reply.request.return_overrides.response_code == 500
+    assert reply.request.return_overrides.response_error == "Plugin hook not found"
+    assert not reply.HasField("response")
+
+
+def test_empty_original_still_gives_a_complete_answer() -> None:
+    # A malformed call the worker cannot parse is answered from nothing.
+    reply = decode(failure_reply(b"", common_pb2.Pre, Reason.BAD_REQUEST, False))
+    assert reply.HasField("request")
+    assert reply.request.HasField("return_overrides")
+    assert reply.request.return_overrides.response_code == 400
+
+
+@pytest.mark.parametrize(
+    ("reason", "status", "message", "code"),
+    [
+        (Reason.TIMEOUT, 504, "Plugin timeout", "timeout"),
+        (Reason.CRASH, 502, "Plugin crashed", "crash"),
+        (Reason.OVERLOAD, 503, "Plugin overloaded", "overload"),
+        (Reason.UNAVAILABLE, 503, "Plugin unavailable", "unavailable"),
+        (Reason.HOOK_ERROR, 500, "Plugin error", "hook_error"),
+        (Reason.NO_HOOK, 500, "Plugin hook not found", "no_hook"),
+        (Reason.BAD_REQUEST, 400, "Malformed plugin call", "bad_request"),
+    ],
+)
+def test_reason_table(reason: Reason, status: int, message: str, code: str) -> None:
+    assert (reason.status, reason.message, reason.code) == (status, message, code)
+
+
+def test_override_fragment_with_custom_values() -> None:
+    fragment = decode(override_fragment(common_pb2.Post, 429, 'Too "many"', "limit"))
+    assert fragment == object_pb2.Object(
+        request=request_pb2.MiniRequestObject(
+            return_overrides=overrides_pb2.ReturnOverrides(
+                response_code=429, response_error='Too "many"', headers={ANSWER_HEADER: "limit"}
+            )
+        )
+    )
+    response = decode(override_fragment(RESPONSE_HOOK, 418, 'Tea "pot"', "tea")).response
+    assert response.status_code == 418
+    assert json.loads(response.raw_body) == {"error": 'Tea "pot"'}
+    assert dict(response.headers) == {ANSWER_HEADER: "tea", "Content-Type": "application/json"}
+
+
+def test_failure_reply_is_deterministic() -> None:
+    original = gateway_object(common_pb2.Response).SerializeToString()
+    first = failure_reply(original, RESPONSE_HOOK, Reason.OVERLOAD, False)
+    assert failure_reply(original, RESPONSE_HOOK, Reason.OVERLOAD, False) == first
+    assert failure_reply(original, RESPONSE_HOOK, Reason.TIMEOUT, False) != first
+
+
+def test_event_reply_is_an_empty_event_reply() -> None:
+    data = event_reply()
+    assert data == b""
+    assert object_pb2.EventReply.FromString(data) == object_pb2.EventReply()

@@ -1,0 +1,145 @@
+"""Pool planning on a fake clock: spawn, backoff, timeouts, reload generations, stop."""
+
+from __future__ import annotations
+
+import signal
+
+from tykworker.pool import (
+    BACKOFF_MAX,
+    Exit,
+    Phase,
+    Pool,
+    Signal,
+    SpawnFront,
+    SpawnWorker,
+)
+
+
+def boot(target: int = 2) -> tuple[Pool, list[int]]:
+    pool = Pool(target=target, graceful_timeout=5)
+    actions = pool.plan(0)
+    assert SpawnFront() in actions
+    assert [a for a in actions if isinstance(a, SpawnWorker)] == [
+        SpawnWorker(s, 1) for s in range(target)
+    ]
+    pool.spawned(100, 0, 0, 0)
+    pool.ready(100)
+    pids = []
+    for slot in range(target):
+        pid = 200 + slot
+        pool.spawned(pid, 1, slot, 0)
+        pool.ready(pid)
+        pids.append(pid)
+    assert pool.plan(0) == []
+    assert pool.phase is Phase.RUNNING and not pool.degraded
+    return pool, pids
+
+
+def test_crash_respawns_with_exponential_backoff_and_degraded():
+    pool, pids = boot(1)
+    delays = []
+    now, pid = 0.0, pids[0]
+    for attempt in range(12):
+        pool.exited(pid, 1, now)
+        assert pool.degraded
+        assert pool.plan(now) == []
+        wait = pool.next_wakeup(now)
+        assert wait is not None
+        delays.append(wait)
+        now += wait
+        assert pool.plan(now) == [SpawnWorker(0, 1)]
+        pid = 300 + attempt
+        pool.spawned(pid, 1, 0, now)
+    assert [round(d, 6) for d in delays[:4]] == [0.1, 0.2, 0.4, 0.8]
+    assert round(max(delays), 6) == BACKOFF_MAX
+    assert pool.restarts == 12
+
+
+def test_clean_exit_refills_at_once_and_stable_worker_resets_backoff():
+    pool, pids = boot(1)
+    pool.exited(pids[0], 0, 50)
+    assert pool.plan(50) == [SpawnWorker(0, 1)]
+    pool.spawned(5, 1, 0, 50)
+    pool.exited(5, 1, 100)  # crashed after 50 s of life: backoff starts over
+    assert round(pool.next_wakeup(100) or 0, 6) == 0.1
+
+
+def test_stuck_worker_gets_sigabrt_then_sigkill_then_refill():
+    pool, pids = boot(1)
+    assert pool.stuck(pids[0], 10) == [Signal(pids[0], signal.SIGABRT, "call past its deadline")]
+    assert pool.stuck(pids[0], 10) == []
+    assert pool.plan(11) == []
+    assert pool.plan(12) == [Signal(pids[0], signal.SIGKILL, "did not exit in time")]
+    pool.exited(pids[0], -9, 12.1)
+    assert pool.plan(12.1) == [SpawnWorker(0, 1)]
+
+
+def test_reload_switches_only_when_new_generation_ready():
+    pool, pids = boot(2)
+    pool.reload()
+    actions = pool.plan(1)
+    assert actions == [SpawnWorker(0, 2), SpawnWorker(1, 2)]
+    pool.spawned(400, 2, 0, 1)
+    pool.spawned(401, 2, 1, 1)
+    pool.ready(400)
+    assert pool.plan(1) == []  # one of two ready: old generation still serves
+    pool.ready(401)
+    actions = pool.plan(2)
+    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == pids
+    assert all(a.signum == signal.SIGTERM for a in actions if isinstance(a, Signal))
+    assert pool.generation == 2 and pool.reload_outcome == "ready"
+    for pid in pids:
+        pool.exited(pid, 0, 3)
+    assert pool.plan(3) == [] and pool.restarts == 0
+
+
+def test_reload_import_failure_keeps_old_generation():
+    pool, _pids = boot(2)
+    pool.reload()
+    pool.plan(1)
+    pool.spawned(400, 2, 0, 1)
+    pool.spawned(401, 2, 1, 1)
+    pool.exited(400, 3, 1.5)
+    assert pool.reload_outcome == "failed" and pool.generation == 1
+    actions = pool.plan(1.5)
+    assert actions == [Signal(401, signal.SIGTERM, "reload failed")]
+    assert pool.plan(2) == []
+
+
+def test_import_failure_at_boot_exits_3():
+    pool = Pool(target=2, graceful_timeout=5)
+    pool.plan(0)
+    pool.spawned(100, 0, 0, 0)
+    pool.spawned(200, 1, 0, 0)
+    pool.spawned(201, 1, 1, 0)
+    pool.exited(200, 3, 0.5)
+    actions = pool.plan(0.5)
+    assert {a.pid for a in actions if isinstance(a, Signal)} == {100, 201}
+    for pid in (100, 201):
+        pool.exited(pid, 0, 0.6)
+    assert pool.plan(0.6) == [Exit(3)]
+
+
+def test_graceful_stop_drains_front_first_then_workers_then_kills():
+    pool, pids = boot(2)
+    pool.stop(graceful=True)
+    assert pool.plan(10) == [Signal(100, signal.SIGTERM, "stopping")]
+    assert pool.plan(11) == []
+    pool.exited(100, 0, 12)
+    actions = pool.plan(12)
+    assert sorted(a.pid for a in actions) == pids
+    pool.exited(pids[0], 0, 13)
+    assert pool.plan(17) == [Signal(pids[1], signal.SIGKILL, "did not exit in time")]
+    pool.exited(pids[1], -9, 17)
+    assert pool.plan(17) == [Exit(0)]
+
+
+def test_resize():
+    pool, _pids = boot(2)
+    pool.resize(+1)
+    assert pool.plan(1) == [SpawnWorker(2, 1)]
+    pool.spawned(500, 1, 2, 1)
+    pool.resize(-1)
+    assert pool.plan(2) == [Signal(500, signal.SIGTERM, "pool shrunk")]
+    pool.resize(-5)
+    assert pool.target == 1

@@ -1,0 +1,269 @@
+"""Stores behind store_data/get_data: embedded SQLite across processes, and real Redis."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tykworker import gateway_api
+from tykworker.config import Settings
+from tykworker.gateway_api import TykGateway
+from tykworker.plugins import load_runtime
+from tykworker.store import STORE_FILENAME, RedisStore, SQLiteStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "run" / STORE_FILENAME
+
+
+@pytest.fixture
+def bound_sqlite(tmp_path: Path) -> Iterator[SQLiteStore]:
+    """The gateway API bound to an embedded store, as inside a worker."""
+    store = SQLiteStore(tmp_path / STORE_FILENAME)
+    gateway_api.bind(store, None)
+    yield store
+    gateway_api.bind(None, None)
+    store.close()
+
+
+# --- embedded store ----------------------------------------------------------------
+
+
+def test_set_get_overwrite_and_missing(store_path: Path) -> None:
+    store = SQLiteStore(store_path)
+    assert store.get("k") is None
+    store.set("k", b"one", 0)
+    store.set("k", b"two", 0)
+    assert store.get("k") == b"two"
+    assert store_path.is_file()  # runtime dir created on first use
+    store.close()
+
+
+def test_ttl_expiry_with_controllable_clock(store_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(store_path, clock=clock)
+    store.set("short", b"v", 10)
+    store.set("forever", b"v", 0)
+    store.set("negative", b"v", -5)
+    clock.now += 9.9
+    assert store.get("short") == b"v"
+    clock.now += 0.2
+    assert store.get("short") is None
+    clock.now += 10**9
+    assert (store.get("forever"), store.get("negative")) == (b"v", b"v")
+    store.close()
+
+
+def test_expired_rows_are_purged(store_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(store_path, clock=clock)
+    store.set("old", b"v", 1)
+    clock.now += 5
+    for i in range(256):
+        store.set(f"k{i}", b"v", 0)
+    with sqlite3.connect(store_path) as conn:
+        rows = conn.execute("SELECT count(*) FROM coprocess_data WHERE key = 'old'").fetchone()
+    assert rows == (0,)
+    store.close()
+
+
+def test_data_survives_a_new_store_instance(store_path: Path) -> None:
+    first = SQLiteStore(store_path)
+    first.set("kept", b"value", 0)
+    first.close()
+    assert SQLiteStore(store_path).get("kept") == b"value"
+
+
+def test_store_uses_wal_journal(store_path: Path) -> None:
+    SQLiteStore(store_path).set("k", b"v", 0)
+    with sqlite3.connect(store_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tykworker.store import SQLiteStore
+    store = SQLiteStore(Path(sys.argv[1]))
+    prefix = sys.argv[2]
+    if prefix == "read":
+        print(store.get("from-parent").decode())
+        store.set("from-child", b"child-value", 0)
+    else:
+        for i in range(int(sys.argv[3])):
+            store.set(f"{prefix}-{i}", str(i).encode(), 0)
+    store.close()
+    """
+)
+
+
+def _child(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *args], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_shared_between_processes(store_path: Path) -> None:
+    store = SQLiteStore(store_path)
+    store.set("from-parent", b"parent-value", 0)
+    child = _child(str(store_path), "read")
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert out.strip() == "parent-value"
+    assert store.get("from-child") == b"child-value"
+    store.close()
+
+
+def test_concurrent_writers_in_two_processes_lose_nothing(store_path: Path) -> None:
+    SQLiteStore(store_path).set("init", b"", 0)  # create the file before the race
+    writers = [_child(str(store_path), name, "150") for name in ("a", "b")]
+    for writer in writers:
+        writer.communicate(timeout=30)
+        assert writer.returncode == 0
+    store = SQLiteStore(store_path)
+    assert all(store.get(f"{p}-{i}") == str(i).encode() for p in "ab" for i in range(150))
+    store.close()
+
+
+def _write_in_forked_child(store: SQLiteStore) -> None:
+    store.set("from-fork", b"forked", 0)
+    store.close()
+
+
+def test_store_opened_before_fork_reconnects_in_the_child(store_path: Path) -> None:
+    store = SQLiteStore(store_path)
+    store.set("before", b"fork", 0)  # connection now open in the parent
+    process = multiprocessing.get_context("fork").Process(
+        target=_write_in_forked_child, args=(store,)
+    )
+    process.start()
+    process.join(timeout=30)
+    assert process.exitcode == 0
+    assert store.get("from-fork") == b"forked"
+    store.close()
+
+
+# --- gateway API over the store ------------------------------------------------------
+
+
+def test_gateway_api_prefixes_keys_and_returns_bytes(bound_sqlite: SQLiteStore) -> None:
+    TykGateway.store_data("user-key", "välue", 0)
+    assert TykGateway.get_data("user-key") == "välue".encode()
+    assert TykGateway.get_data("absent") == b""
+    assert bound_sqlite.get("coprocess-data:user-key") == "välue".encode()
+    assert bound_sqlite.get("user-key") is None
+
+
+def test_gateway_api_rejects_non_string_values(bound_sqlite: SQLiteStore) -> None:
+    with pytest.raises(TypeError, match="must be str or bytes"):
+        TykGateway.store_data("k", 12, 0)  # type: ignore[arg-type]
+
+
+class BrokenStore:
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        raise ConnectionError("store down")
+
+    def get(self, key: str) -> bytes | None:
+        raise ConnectionError("store down")
+
+    def close(self) -> None:
+        pass
+
+
+def test_store_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    gateway_api.bind(BrokenStore(), None)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tykworker.plugins"):
+            TykGateway.store_data("k", "v", 1)
+            assert TykGateway.get_data("k") == b""
+    finally:
+        gateway_api.bind(None, None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "store_data('k') failed: store down",
+        "get_data('k') failed: store down",
+    ]
+
+
+def test_runtime_store_lives_in_runtime_dir(tmp_path: Path) -> None:
+    empty = str(tmp_path / "none")
+    settings = Settings(middleware=empty, event_handlers=empty, runtime_dir=str(tmp_path / "rt"))
+    runtime = load_runtime(settings)
+    TykGateway.store_data("shared", "1", 0)
+    runtime.close()
+    assert SQLiteStore(tmp_path / "rt" / STORE_FILENAME).get("coprocess-data:shared") == b"1"
+
+
+# --- Redis ---------------------------------------------------------------------------
+
+
+def test_redis_store_set_get_with_expiry(redis_client: redis.Redis, redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    key = f"test-{uuid.uuid4()}"
+    store.set(key, b"with-ttl", 30)
+    store.set(key + "-forever", b"no-ttl", 0)
+    assert store.get(key) == b"with-ttl"
+    assert 0 < redis_client.ttl(key) <= 30
+    assert redis_client.ttl(key + "-forever") == -1
+    assert store.get(key + "-absent") is None
+    store.close()
+    redis_client.delete(key, key + "-forever")
+
+
+def test_redis_ttl_expires(redis_client: redis.Redis, redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    key = f"test-{uuid.uuid4()}"
+    store.set(key, b"v", 1)
+    # Wait for the condition (key gone), bounded, rather than for a fixed time.
+    deadline = time.monotonic() + 5
+    while store.get(key) is not None:
+        assert time.monotonic() < deadline, "key did not expire"
+        time.sleep(0.02)
+    store.close()
+
+
+def test_two_workers_share_data_through_redis(redis_client: redis.Redis, redis_url: str) -> None:
+    key = f"shared-{uuid.uuid4()}"
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tykworker.store import RedisStore;"
+            "RedisStore(sys.argv[1]).set('coprocess-data:' + sys.argv[2], b'from-worker-2', 60)",
+            redis_url,
+            key,
+        ],
+        timeout=30,
+        check=True,
+    )
+    assert child.returncode == 0
+    gateway_api.bind(RedisStore(redis_url), None)
+    try:
+        assert TykGateway.get_data(key) == b"from-worker-2"
+        TykGateway.store_data(key, "from-worker-1", 60)
+    finally:
+        gateway_api.bind(None, None)
+    assert redis_client.get("coprocess-data:" + key) == b"from-worker-1"
+    assert 0 < redis_client.ttl("coprocess-data:" + key) <= 60
+    redis_client.delete("coprocess-data:" + key)

@@ -1,0 +1,85 @@
+"""Command line: ``tykworker serve|reload|status``. The only place that exits the process.
+
+``serve`` loads settings (defaults < TOML < TYKWORKER_* < flags), configures logging and
+runs the supervisor. SIGHUP re-runs the same loader with the same argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__, logs
+from .config import Settings, add_setting_flags, load_settings
+from .errors import ConfigError, ExitCode
+
+log = logging.getLogger("tykworker")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tykworker", description="Serve Tyk gateway Python plugins from a worker pool."
+    )
+    parser.add_argument("--version", action="version", version=f"tykworker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server (supervisor, front and workers)")
+    add_setting_flags(serve)
+    for name, text in (
+        ("reload", "rolling reload of a running server (SIGHUP)"),
+        ("status", "show what every worker of a running server is doing"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        add_setting_flags(cmd)
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(vars(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+    from .supervisor import serve
+
+    return serve(settings, lambda: _settings(args))
+
+
+def _supervisor_pid(settings: Settings) -> int:
+    pidfile = settings.resolved_runtime_dir() / "supervisor.pid"
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"no running tykworker found for {settings.socket} ({pidfile})") from exc
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    os.kill(_supervisor_pid(settings), signal.SIGHUP)
+    print("reload requested")
+    return ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import render_status
+
+    print(render_status(_settings(args), as_json=args.json))
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"serve": cmd_serve, "reload": cmd_reload, "status": cmd_status}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"tykworker: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        return ExitCode.ERROR

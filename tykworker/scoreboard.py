@@ -1,0 +1,222 @@
+"""Shared-memory scoreboard: what every process is doing, readable by ``tykworker status``.
+
+A file ``<runtime_dir>/scoreboard`` mapped with ``mmap`` by the supervisor (creator), the
+front and every worker, and read-only by the status command. Layout: one header record
+then ``MAX_SLOTS`` fixed-size worker slots.
+
+Single-writer rule (so no locks are needed):
+* header "supervisor" fields (pid, generation, target, restarts, degraded, started_at):
+  written only by the supervisor;
+* header "front" fields (queue depth, call/timeout/crash/overload counters): written only by
+  the front;
+* slot *i*: cleared and assigned by the supervisor before it forks the worker that owns it,
+  then written only by that worker until it exits; the supervisor clears it after reaping.
+Readers may see a record mid-update; every slot carries a sequence number that the writer
+makes odd while writing, so readers retry (seqlock).
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+MAGIC: Final = b"TWSB0001"
+MAX_SLOTS: Final = 256
+# magic, sup pid, front pid, generation, target workers, restarts, degraded, started_at,
+# queue depth, calls, timeouts, crashes, overloads, errors
+_HEADER: Final = struct.Struct("<8sIIIIQBdIQQQQQ")
+HEADER_SIZE: Final = 128
+_HEADER_NAMES: Final = [
+    "supervisor_pid",
+    "front_pid",
+    "generation",
+    "target_workers",
+    "restarts",
+    "degraded",
+    "started_at",
+    "queue_depth",
+    "calls",
+    "timeouts",
+    "crashes",
+    "overloads",
+    "errors",
+]
+
+
+def _field_offsets(fmt: str, names: list[str]) -> dict[str, tuple[str, int]]:
+    out, offset = {}, 0
+    for code, name in zip(fmt, ["magic", *names], strict=True):
+        size = struct.calcsize("<" + ("8s" if code == "8" else code))
+        if name != "magic":
+            out[name] = ("<" + code, offset)
+        offset += size
+    return out
+
+
+_HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQ", _HEADER_NAMES)
+# seq, pid, generation, state, call_id, started_at, calls, rss, hook name (48 bytes)
+_SLOT: Final = struct.Struct("<IIIBQdQQ48s")
+SLOT_SIZE: Final = 96
+FILE_SIZE: Final = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE
+
+
+class SlotState(enum.IntEnum):
+    FREE = 0
+    STARTING = 1  # forked, importing plugins
+    IDLE = 2
+    BUSY = 3
+    DRAINING = 4  # finishing its last call before exit
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    index: int
+    pid: int
+    generation: int
+    state: SlotState
+    call_id: int
+    started_at: float
+    calls: int
+    rss: int
+    hook: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderView:
+    supervisor_pid: int
+    front_pid: int
+    generation: int
+    target_workers: int
+    restarts: int
+    degraded: bool
+    started_at: float
+    queue_depth: int
+    calls: int
+    timeouts: int
+    crashes: int
+    overloads: int
+    errors: int
+
+
+class Scoreboard:
+    """A mapping of the scoreboard file. ``create`` truncates; ``open`` attaches."""
+
+    def __init__(self, path: Path, mm: mmap.mmap) -> None:
+        self.path = path
+        self._mm = mm
+
+    @classmethod
+    def create(cls, path: Path) -> Scoreboard:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.ftruncate(fd, FILE_SIZE)
+            mm = mmap.mmap(fd, FILE_SIZE)
+        finally:
+            os.close(fd)
+        board = cls(path, mm)
+        board.write_header(supervisor_pid=os.getpid(), started_at=time.time())
+        return board
+
+    @classmethod
+    def open(cls, path: Path, writable: bool = True) -> Scoreboard:
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            mm = mmap.mmap(fd, FILE_SIZE, access=access)
+        finally:
+            os.close(fd)
+        if mm[:8] != MAGIC and mm[:8] != b"\0" * 8:
+            mm.close()
+            raise ValueError(f"{path} is not a tykworker scoreboard")
+        return cls(path, mm)
+
+    def close(self) -> None:
+        self._mm.close()
+
+    # --- header ---------------------------------------------------------------------
+    def header(self) -> HeaderView:
+        values = list(_HEADER.unpack_from(self._mm, 0)[1:])
+        values[5] = bool(values[5])
+        return HeaderView(*values)
+
+    def write_header(self, **fields: int | float | bool) -> None:
+        """Update named header fields in place, each alone (the caller respects the
+        single-writer rule; fields owned by other processes are never rewritten)."""
+        self._mm[:8] = MAGIC
+        for name, value in fields.items():
+            fmt, offset = _HEADER_FIELDS[name]
+            struct.pack_into(fmt, self._mm, offset, value)
+
+    # --- slots ----------------------------------------------------------------------
+    def free_index(self, taken: set[int]) -> int:
+        for index in range(MAX_SLOTS):
+            if index not in taken:
+                return index
+        raise RuntimeError("scoreboard full")
+
+    def write_slot(
+        self,
+        index: int,
+        *,
+        pid: int,
+        generation: int,
+        state: SlotState,
+        call_id: int = 0,
+        started_at: float = 0.0,
+        calls: int = 0,
+        rss: int = 0,
+        hook: str = "",
+    ) -> None:
+        offset = HEADER_SIZE + index * SLOT_SIZE
+        writing = (struct.unpack_from("<I", self._mm, offset)[0] + 1) | 1  # odd: mid-write
+        struct.pack_into("<I", self._mm, offset, writing)
+        name = hook.encode("utf-8", "replace")[:48]
+        _SLOT.pack_into(
+            self._mm,
+            offset,
+            writing,
+            pid,
+            generation,
+            state,
+            call_id,
+            started_at,
+            calls,
+            rss,
+            name,
+        )
+        struct.pack_into("<I", self._mm, offset, (writing + 1) & 0xFFFFFFFF)
+
+    def clear_slot(self, index: int) -> None:
+        self.write_slot(index, pid=0, generation=0, state=SlotState.FREE)
+
+    def slot(self, index: int) -> SlotView:
+        offset = HEADER_SIZE + index * SLOT_SIZE
+        for _ in range(100):
+            values = _SLOT.unpack_from(self._mm, offset)
+            if values[0] & 1:
+                continue
+            if struct.unpack_from("<I", self._mm, offset)[0] == values[0]:
+                break
+        _, pid, gen, state, call_id, started, calls, rss, hook = values
+        return SlotView(
+            index,
+            pid,
+            gen,
+            SlotState(state),
+            call_id,
+            started,
+            calls,
+            rss,
+            hook.rstrip(b"\0").decode("utf-8", "replace"),
+        )
+
+    def slots(self) -> list[SlotView]:
+        """Every non-free slot."""
+        views = (self.slot(i) for i in range(MAX_SLOTS))
+        return [v for v in views if v.state != SlotState.FREE]

@@ -1,0 +1,162 @@
+"""Key-value stores behind ``TykGateway.store_data``/``get_data``.
+
+Two implementations of one small ``Store`` protocol:
+
+* ``SQLiteStore`` (default): one SQLite file in the runtime directory, opened by every
+  worker process. WAL journal (readers never block the writer), a busy timeout (writers of
+  several processes queue instead of failing), autocommit (each ``set`` is durable once it
+  returns, so data survives worker restarts and kills). Expiry is an absolute UNIX time
+  from an injectable clock; expired rows are invisible at once and purged lazily.
+* ``RedisStore`` (``--redis-url``): redis-py; ``SET key value`` with ``EX ttl`` when
+  ``ttl > 0``, exactly what Tyk's embedded Python did, so data is shared with it.
+
+Invariants:
+* Keys are stored exactly as given; the ``coprocess-data:`` prefix is added by the gateway
+  API (``gateway_api.data_key``) so both stores hold the same keys.
+* ``ttl <= 0`` means "no expiry" (go-redis ``Set`` semantics).
+* A connection is never shared across ``fork()``: each process opens its own lazily.
+* Stores raise on failure; the gateway API decides to log and carry on.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Protocol
+
+import redis
+
+STORE_FILENAME: Final = "coprocess-data.sqlite3"
+#: How long a writer waits for another process's write lock before failing.
+BUSY_TIMEOUT_SECONDS: Final = 5.0
+#: Expired rows are deleted once every this many writes.
+PURGE_EVERY: Final = 256
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS coprocess_data ("
+    " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)"
+)
+
+
+class Store(Protocol):
+    """What the gateway API needs of a store."""
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        """Store ``value`` under ``key``; expire after ``ttl`` seconds if ``ttl > 0``."""
+
+    def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or ``None`` if missing or expired."""
+
+    def close(self) -> None:
+        """Release connections (a later call reconnects)."""
+
+
+class SQLiteStore:
+    """Embedded store shared by every process that opens the same file."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._writes = 0
+        # Plugins may call the gateway API from their own threads.
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            # After fork the inherited connection belongs to the parent: drop it unclosed.
+            self._conn = self._open()
+            self._pid = os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(_SCHEMA)
+        return conn
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        now = self._clock()
+        expires_at = now + ttl if ttl > 0 else None
+        with self._lock:
+            conn = self._connection()
+            conn.execute(
+                "INSERT OR REPLACE INTO coprocess_data (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, value, expires_at),
+            )
+            self._writes += 1
+            if self._writes % PURGE_EVERY == 0:
+                conn.execute("DELETE FROM coprocess_data WHERE expires_at <= ?", (now,))
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT value FROM coprocess_data"
+                    " WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                    (key, self._clock()),
+                )
+                .fetchone()
+            )
+        return None if row is None else bytes(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+class RedisStore:
+    """Redis store (the keys Tyk's embedded Python used)."""
+
+    def __init__(self, url: str, connect_timeout: float = 1.0) -> None:
+        self.url = url
+        self._connect_timeout = connect_timeout
+        self._client: redis.Redis | None = None
+        self._pid = 0
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None or self._pid != os.getpid():
+            self._client = redis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=self._connect_timeout,
+                socket_timeout=BUSY_TIMEOUT_SECONDS,
+            )
+            self._pid = os.getpid()
+        return self._client
+
+    def set(self, key: str, value: bytes, ttl: int) -> None:
+        self._redis().set(key, value, ex=ttl if ttl > 0 else None)
+
+    def get(self, key: str) -> bytes | None:
+        value = self._redis().get(key)
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    def close(self) -> None:
+        if self._client is not None and self._pid == os.getpid():
+            self._client.close()
+        self._client = None
+
+
+def open_store(runtime_dir: Path, redis_url: str | None) -> Store:
+    """The store the settings ask for (Redis if ``redis_url`` is set). Connects lazily."""
+    if redis_url:
+        return RedisStore(redis_url)
+    return SQLiteStore(runtime_dir / STORE_FILENAME)

@@ -1,0 +1,221 @@
+"""Worker process main loop: import plugins, connect to the front, serve one call at a time.
+
+Life of a worker (forked by the supervisor, never returns into supervisor code):
+1. reset signals, enable ``faulthandler`` (SIGABRT from the supervisor dumps every
+   thread's stack to stderr, even when stuck in C code holding the GIL);
+2. import plugins (``plugins.load_runtime``); failure -> traceback logged, exit code 3;
+3. connect to the bridge, send HELLO, report ``ready`` to the supervisor;
+4. loop: read a frame, run the hook, write the REPLY frame with the same call id;
+5. leave gracefully on SIGTERM, after ``max_requests`` calls or above ``max_rss_mb``:
+   send DRAIN, keep serving whatever the front already sent, exit 0 when the front closes
+   the connection. SIGQUIT/SIGINT exit at once. Bridge EOF or a new parent pid -> exit.
+
+Invariant: one call at a time; every DISPATCH/EVENT frame received gets exactly one REPLY
+(the runtime never raises for plugin errors).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+import msgpack
+import psutil
+
+from . import ipc, proctitle
+from .config import Settings
+from .errors import ExitCode, PluginLoadError, ProtocolError
+from .protocol import FrameDecoder, FrameKind, encode_frame, encode_header, peek_object_header
+from .scoreboard import Scoreboard, SlotState
+
+log = logging.getLogger("tykworker.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What the supervisor tells a worker it forks."""
+
+    generation: int
+    slot: int  # logical pool slot
+    index: int  # scoreboard slot
+    bridge_path: Path
+    status_fd: int
+    scoreboard_path: Path
+
+
+class _Signals:
+    """Signal handlers only record; the loop acts (STYLE.md §4)."""
+
+    def __init__(self) -> None:
+        self.drain = False
+        self.quit = False
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+            signal.signal(signum, self._record)
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGTERM:
+            self.drain = True
+        else:
+            self.quit = True
+
+
+class Worker:
+    def __init__(self, settings: Settings, spec: WorkerSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.pid = os.getpid()
+        self.parent = os.getppid()
+        self.calls = 0
+        self.draining = False
+        self.limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
+        self.board = Scoreboard.open(spec.scoreboard_path)
+        self.process = psutil.Process()
+        self.rss = 0
+        self.label = f"worker {spec.slot} gen {spec.generation}"
+
+    def run(self) -> int:
+        signals = _Signals()
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+        self._set_state(SlotState.STARTING)
+        try:
+            from .plugins import load_runtime
+
+            runtime = load_runtime(self.settings)
+        except PluginLoadError as exc:
+            log.error("plugins failed to import (generation %d): %s", self.spec.generation, exc)
+            return ExitCode.PLUGIN_LOAD_ERROR
+        except Exception:
+            log.error("plugins failed to import:\n%s", traceback.format_exc())
+            return ExitCode.PLUGIN_LOAD_ERROR
+        try:
+            bridge = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bridge.connect(str(self.spec.bridge_path))
+        except OSError as exc:
+            log.error("cannot connect to the front at %s: %s", self.spec.bridge_path, exc)
+            return ExitCode.ERROR
+        hello = {"pid": self.pid, "generation": self.spec.generation, "index": self.spec.index}
+        bridge.sendall(encode_frame(FrameKind.HELLO, 0, msgpack.packb(hello)))
+        ipc.report(self.spec.status_fd, "ready", generation=self.spec.generation)
+        self._set_state(SlotState.IDLE)
+        proctitle.set(f"{self.label} idle")
+        try:
+            return self._serve(bridge, runtime, signals)
+        finally:
+            runtime.close()
+
+    def _serve(self, bridge: socket.socket, runtime: _Runtime, signals: _Signals) -> int:
+        decoder = FrameDecoder(self.settings.max_message_bytes)
+        selector = selectors.DefaultSelector()
+        selector.register(bridge, selectors.EVENT_READ)
+        selector.register(signals.wake_r, selectors.EVENT_READ)
+        while True:
+            if signals.quit:
+                return ExitCode.OK
+            if signals.drain and not self.draining:
+                self._start_drain(bridge, "SIGTERM")
+            for key, _ in selector.select(timeout=5.0):
+                if key.fileobj is signals.wake_r:
+                    signals.wake_r.recv(512)
+                    continue
+                try:
+                    data = bridge.recv(1 << 20)
+                except OSError:
+                    data = b""
+                if not data:
+                    return ExitCode.OK  # front closed: drained, or front gone
+                try:
+                    decoder.feed(data)
+                    while (frame := decoder.next_frame()) is not None:
+                        self._handle(bridge, runtime, frame.kind, frame.call_id, frame.payload)
+                except ProtocolError as exc:
+                    log.error("bridge protocol error: %s", exc)
+                    return ExitCode.ERROR
+            if os.getppid() != self.parent:
+                log.warning("supervisor went away; exiting")
+                return ExitCode.OK
+
+    def _handle(
+        self, bridge: socket.socket, runtime: _Runtime, kind: int, call_id: int, payload: bytes
+    ) -> None:
+        if kind == FrameKind.DISPATCH:
+            hook = peek_object_header(payload)[1]
+            self._set_state(SlotState.BUSY, call_id, hook)
+            proctitle.set(f"{self.label} running {hook or '?'}")
+            reply = runtime.dispatch(payload)
+        elif kind == FrameKind.EVENT:
+            self._set_state(SlotState.BUSY, call_id, "event")
+            proctitle.set(f"{self.label} running event")
+            reply = runtime.dispatch_event(payload)
+        else:
+            log.warning("unexpected %s frame on the bridge", kind)
+            return
+        bridge.sendall(encode_header(FrameKind.REPLY, call_id, len(reply)) + reply)
+        self.calls += 1
+        self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
+        proctitle.set(f"{self.label} {'draining' if self.draining else 'idle'}")
+        if not self.draining:
+            self._check_recycle(bridge)
+
+    def _check_recycle(self, bridge: socket.socket) -> None:
+        if self.settings.max_requests and self.calls >= self.limit:
+            self._start_drain(bridge, f"served {self.calls} calls")
+        elif self.settings.max_rss_mb and self.rss > self.settings.max_rss_mb * 1024 * 1024:
+            self._start_drain(bridge, f"RSS {self.rss // (1024 * 1024)} MiB over the limit")
+
+    def _start_drain(self, bridge: socket.socket, why: str) -> None:
+        log.info("%s leaving: %s", self.label, why)
+        self.draining = True
+        bridge.sendall(encode_frame(FrameKind.DRAIN, 0))
+        self._set_state(SlotState.DRAINING)
+        proctitle.set(f"{self.label} draining")
+
+    def _set_state(self, state: SlotState, call_id: int = 0, hook: str = "") -> None:
+        # RSS costs a /proc read: measure after every call only when recycling by memory.
+        if state is not SlotState.BUSY and (self.settings.max_rss_mb or self.calls % 64 == 0):
+            self.rss = self.process.memory_info().rss
+        self.board.write_slot(
+            self.spec.index,
+            pid=self.pid,
+            generation=self.spec.generation,
+            state=state,
+            call_id=call_id,
+            started_at=time.time() if state is SlotState.BUSY else 0.0,
+            calls=self.calls,
+            rss=self.rss,
+            hook=hook,
+        )
+
+
+class _Runtime(Protocol):
+    """What the loop needs of ``plugins.Runtime``."""
+
+    def dispatch(self, payload: bytes) -> bytes: ...
+
+    def dispatch_event(self, payload: bytes) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def run_worker(settings: Settings, spec: WorkerSpec) -> int:
+    """Entry point in the forked child; returns the exit code."""
+    proctitle.set(f"worker {spec.slot} gen {spec.generation} starting")
+    return Worker(settings, spec).run()
