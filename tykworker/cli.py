@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__, logs
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         add_setting_flags(cmd)
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        else:
+            cmd.add_argument("--wait", type=float, default=120.0, help="seconds to wait")
     return parser
 
 
@@ -60,10 +63,26 @@ def _supervisor_pid(settings: Settings) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP the supervisor, then wait until the new generation is ready or failed."""
+    from .scoreboard import Scoreboard
+
     settings = _settings(args)
-    os.kill(_supervisor_pid(settings), signal.SIGHUP)
-    print("reload requested")
-    return ExitCode.OK
+    pid = _supervisor_pid(settings)
+    board = Scoreboard.open(settings.resolved_runtime_dir() / "scoreboard", writable=False)
+    before = board.header()
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        now = board.header()
+        if now.reloads != before.reloads:
+            print(f"reloaded: generation {now.generation} is serving")
+            return ExitCode.OK
+        if now.reload_failures != before.reload_failures:
+            print(f"reload failed: generation {now.generation} keeps serving (see the log)")
+            return ExitCode.ERROR
+        time.sleep(0.05)
+    print(f"reload not finished after {args.wait:g}s")
+    return ExitCode.ERROR
 
 
 def cmd_status(args: argparse.Namespace) -> int:

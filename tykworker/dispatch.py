@@ -81,7 +81,7 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
     context = CallContext(
         hook=obj.hook_name,
         api_id=obj.spec.get("APIID", ""),
-        spec=dict(obj.spec),
+        spec=obj.spec,
         secrets=secrets_of(obj.request.headers),
     )
     with call_context(context):

@@ -47,7 +47,7 @@ _LEVELS: Final = {
 EventTrigger = Callable[[str, str], int]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CallContext:
     """What the gateway API knows about the call being served."""
 
@@ -106,7 +106,7 @@ def secrets_of(headers: Mapping[str, str]) -> tuple[str, ...]:
     scheme, each cookie value), longest first so that overlapping secrets redact fully."""
     values: set[str] = set()
     for name in SECRET_HEADERS:
-        value = headers.get(name, "").strip()
+        value = headers[name].strip() if name in headers else ""
         if not value:
             continue
         values.add(value)

@@ -102,6 +102,16 @@ def build_registry(
             )
         table = registry.events if handler.is_event else registry.hooks
         table[handler.name] = handler
+        if not handler.is_event and handler.arg_count not in (3, 4, 5):
+            log.warning(
+                "%s:%d: hook %s takes %d positional arguments; hooks take 3, 4 or 5 "
+                "(calls will be answered as plugin errors)",
+                handler.filename,
+                handler.lineno,
+                handler.name,
+                handler.arg_count,
+                extra={"hook": handler.name},
+            )
     return registry
 
 
@@ -137,7 +147,6 @@ def load_scope(label: str, root: Path, entries: Iterable[Path]) -> Registry:
         label,
         len(registry.hooks),
         len(registry.events),
-        extra={"hook": ""},
     )
     return registry
 
@@ -148,7 +157,7 @@ def load_directory(label: str, directory: Path) -> Registry:
         log.warning("%s directory %s does not exist: no handlers", label, directory)
         return Registry(label)
     entries = sorted(p for p in directory.glob("*.py") if not p.name.startswith(("_", ".")))
-    return load_scope(f"{label} {directory}", directory.resolve(), entries)
+    return load_scope(f"{label} directory {directory}", directory.resolve(), entries)
 
 
 def bundle_entry(bundle: Path) -> Path | None:

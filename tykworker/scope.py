@@ -111,7 +111,12 @@ class Scope:
 
     @contextmanager
     def active(self) -> Iterator[Scope]:
-        """Run the block with this scope's modules importable by their bare names."""
+        """Run the block with this scope's modules importable by their bare names.
+
+        Re-entrant: entering the innermost active scope again changes nothing."""
+        if _stack and _stack[-1] is self:
+            yield self
+            return
         saved = self._swap_in()
         _stack.append(self)
         try:

@@ -29,8 +29,8 @@ from typing import Final
 MAGIC: Final = b"TWSB0001"
 MAX_SLOTS: Final = 256
 # magic, sup pid, front pid, generation, target workers, restarts, degraded, started_at,
-# queue depth, calls, timeouts, crashes, overloads, errors
-_HEADER: Final = struct.Struct("<8sIIIIQBdIQQQQQ")
+# queue depth, calls, timeouts, crashes, overloads, errors, reloads, reload failures
+_HEADER: Final = struct.Struct("<8sIIIIQBdIQQQQQII")
 HEADER_SIZE: Final = 128
 _HEADER_NAMES: Final = [
     "supervisor_pid",
@@ -46,6 +46,8 @@ _HEADER_NAMES: Final = [
     "crashes",
     "overloads",
     "errors",
+    "reloads",
+    "reload_failures",
 ]
 
 
@@ -59,7 +61,7 @@ def _field_offsets(fmt: str, names: list[str]) -> dict[str, tuple[str, int]]:
     return out
 
 
-_HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQ", _HEADER_NAMES)
+_HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQII", _HEADER_NAMES)
 # seq, pid, generation, state, call_id, started_at, calls, rss, hook name (48 bytes)
 _SLOT: Final = struct.Struct("<IIIBQdQQ48s")
 SLOT_SIZE: Final = 96
@@ -102,6 +104,8 @@ class HeaderView:
     crashes: int
     overloads: int
     errors: int
+    reloads: int
+    reload_failures: int
 
 
 class Scoreboard:

@@ -64,10 +64,15 @@ class Supervisor:
         self.notifier = systemd.Notifier()
         self.last_status = ""
         self.announced = False
+        self.reloads = 0
+        self.reload_failures = 0
         self.front_pid = 0
 
     # --- set-up ---------------------------------------------------------------------
     def _prepare(self) -> None:
+        kind, address = parse_address(self.settings.socket)
+        if kind == "unix":
+            ipc.claim_unix_path(address)  # refuse before forking anything
         _become_subreaper()
         self.runtime_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.board = Scoreboard.create(self.runtime_dir / "scoreboard")
@@ -307,6 +312,11 @@ class Supervisor:
         outcome, pool.reload_outcome = pool.reload_outcome, None
         if outcome == "failed":
             log.error("reload failed: generation %d keeps serving", pool.generation)
+            self.reload_failures += 1
+            self.board.write_header(reload_failures=self.reload_failures)
+        elif outcome == "ready":
+            self.reloads += 1
+            self.board.write_header(reloads=self.reloads)
         if outcome is not None:
             self.settings = self.settings_of.get(pool.generation, self.settings)
             self.notifier.ready(f"reload {outcome}; {self._status_text()}")

@@ -356,6 +356,9 @@ func run(cfg *config) (*result, error) {
 		}()
 	}
 
+	if cfg.n > 0 {
+		cfg.warmup = 0
+	}
 	start := time.Now()
 	measureFrom := start.Add(cfg.warmup)
 	stopAt := measureFrom.Add(cfg.duration)
@@ -364,7 +367,7 @@ func run(cfg *config) (*result, error) {
 	var inFlight atomic.Int64
 	var cpuStart atomic.Uint64
 	cpuStart.Store(math.Float64bits(cpuSeconds()))
-	if cfg.warmup > 0 {
+	if cfg.n <= 0 && cfg.warmup > 0 {
 		time.AfterFunc(cfg.warmup, func() { cpuStart.Store(math.Float64bits(cpuSeconds())) })
 	}
 	if cfg.n <= 0 {

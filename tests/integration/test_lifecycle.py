@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -175,3 +176,50 @@ def test_status_command_lists_workers(start_server):
 def test_socket_mode_is_0660(start_server):
     server = start_server("--workers", "1")
     assert os.stat(server.socket).st_mode & 0o777 == 0o660
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tykworker", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_reload_command_reports_success_and_failure(start_server, workdir):
+    server = start_server("--workers", "1")
+    _set_version(workdir, "3")
+    done = _cli("reload", "--socket", server.socket)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "generation 2 is serving" in done.stdout
+    assert server.dispatch("Echo").request.set_headers["X-Version"] == "3"
+    (workdir / "middleware" / "broken.py").write_text("syntax error here\n")
+    failed = _cli("reload", "--socket", server.socket)
+    assert failed.returncode == 1
+    assert "reload failed" in failed.stdout
+    assert server.dispatch("Echo").request.set_headers["X-Version"] == "3"
+
+
+def test_sigint_stops_fast(start_server):
+    server = start_server("--workers", "2")
+    thread = threading.Thread(
+        target=lambda: pytest.raises(Exception, server.dispatch, "Sleep", headers={"Sleep": "60"})
+    )
+    thread.start()
+    server.signal(signal.SIGINT)
+    assert server.proc.wait(20) is not None
+    thread.join(20)
+    assert session_processes(server.proc.pid) == []
+
+
+def test_stale_socket_is_replaced_and_regular_file_refused(start_server, workdir):
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(workdir / "tyk.sock"))
+    stale.close()  # a socket file nobody listens on
+    server = start_server("--workers", "1")
+    assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
+    second = _cli("serve", "--socket", server.socket, "--middleware", str(workdir / "middleware"))
+    assert second.returncode == 2 and "already listening" in second.stderr
+    server.stop()
+    (workdir / "tyk.sock").write_text("not a socket")
+    refused = _cli("serve", "--socket", server.socket, "--middleware", str(workdir / "middleware"))
+    assert refused.returncode == 2 and "not a socket" in refused.stderr
+    assert (workdir / "tyk.sock").read_text() == "not a socket"

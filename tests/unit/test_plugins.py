@@ -260,3 +260,55 @@ def test_broken_bundle_fails_at_start_and_when_loaded_lazily(tmp_path: Path) -> 
     finally:
         rt.close()
     assert reply.request.return_overrides.response_code == answers.Reason.HOOK_ERROR.status
+
+
+# --- scopes --------------------------------------------------------------------------
+
+
+def _scope_dir(root: Path, **files: str) -> Path:
+    root.mkdir()
+    for name, text in files.items():
+        (root / f"{name}.py").write_text(text)
+    return root
+
+
+def test_nested_scopes_see_only_their_own_modules(tmp_path: Path) -> None:
+    from tykworker.scope import Scope, install_finder
+
+    install_finder()
+    a = Scope("a", _scope_dir(tmp_path / "a", helper="NAME = 'a'", only_a="X = 1"))
+    b = Scope("b", _scope_dir(tmp_path / "b", helper="NAME = 'b'"))
+    with a.active():
+        import helper  # type: ignore[import-not-found]
+        import only_a  # type: ignore[import-not-found]
+
+        assert (helper.NAME, only_a.X) == ("a", 1)
+        with b.active():
+            assert "helper" not in sys.modules  # a's helper set aside
+            assert __import__("helper").NAME == "b"
+            assert "only_a" not in sys.modules
+            with pytest.raises(ModuleNotFoundError):
+                __import__("only_a")
+            with b.active():  # re-entering the innermost scope changes nothing
+                assert sys.modules["helper"].NAME == "b"
+        assert sys.modules["helper"] is helper
+    assert "helper" not in sys.modules and "only_a" not in sys.modules
+    with a.active():
+        assert sys.modules["helper"] is helper  # loaded once, kept by its scope
+
+
+def test_entry_file_with_a_reserved_name_still_loads(tmp_path: Path) -> None:
+    plugins = _scope_dir(
+        tmp_path / "plugins",
+        json="from tyk.decorators import *\n\n@Hook\ndef FromJsonFile(request, session, spec):\n"
+        "    request.add_header('X-From', 'json.py')\n    return request, session\n",
+    )
+    rt = make_runtime(tmp_path, plugins)
+    try:
+        reply = call(rt, gateway_object(PRE, "FromJsonFile"))
+    finally:
+        rt.close()
+    assert reply.request.set_headers["X-From"] == "json.py"
+    import json
+
+    assert hasattr(json, "dumps")

@@ -472,3 +472,25 @@ def test_module_functions_without_notify_socket_return_false() -> None:
     assert not systemd.status("x")
     assert not systemd.watchdog_ping()
     assert not systemd.notify("READY=1")
+
+
+@pytest.mark.timeout(10)
+def test_zero_send_timeout_does_not_mean_wait_forever(abstract_receiver: Receiver) -> None:
+    # SO_SNDTIMEO of 0 is "block forever" to the kernel; send_timeout=0 must not be.
+    with Notifier({"NOTIFY_SOCKET": abstract_receiver.env_value}, send_timeout=0) as notifier:
+        fill(abstract_receiver, notifier)
+        assert not notifier.ready()
+
+
+def test_socket_setup_failure_returns_false_without_leaking(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": receiver.env_value})
+    fds = open_fds()
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "SO_SNDTIMEO", 9999)  # setsockopt -> ENOPROTOOPT
+        assert not notifier.ready()
+    assert open_fds() == fds
+    assert notifier.ready()
+    assert receiver.recv() == ["READY=1"]
+    notifier.close()
