@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import grpc
 import pytest
 
 from .conftest import Server, session_processes, wait_for
@@ -199,14 +200,23 @@ def test_reload_command_reports_success_and_failure(start_server, workdir):
 
 
 def test_sigint_stops_fast(start_server):
-    server = start_server("--workers", "2")
-    thread = threading.Thread(
-        target=lambda: pytest.raises(Exception, server.dispatch, "Sleep", headers={"Sleep": "60"})
-    )
+    server = start_server("--workers", "1")
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(server.dispatch("Sleep", headers={"Sleep": "60"}))
+        except grpc.RpcError as exc:
+            outcome.append(exc.code())
+
+    thread = threading.Thread(target=call)
     thread.start()
+    (pid,) = server.worker_pids()
+    wait_for(lambda: "running Sleep" in Path(f"/proc/{pid}/cmdline").read_text(), what="busy")
     server.signal(signal.SIGINT)
     assert server.proc.wait(20) is not None
     thread.join(20)
+    assert outcome and outcome[0] != grpc.StatusCode.DEADLINE_EXCEEDED
     assert session_processes(server.proc.pid) == []
 
 

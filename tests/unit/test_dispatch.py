@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.tyk_objects import (
     AUTH,
@@ -279,3 +281,45 @@ def test_trigger_event_runs_local_event_handler(runtime: Runtime) -> None:
     call(runtime, gateway_object(PRE, "Triggers"))
     calls = module_global(runtime, "Triggers", "CALLS")
     assert calls[-1] == ("local_event", "payload from api-1", "api-1")
+
+
+# --- never raises --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    rt = load_runtime(
+        Settings(
+            middleware=str(FIXTURES / "conventions"),
+            event_handlers=str(FIXTURES / "events"),
+            runtime_dir=str(tmp_path_factory.mktemp("run")),
+        )
+    )
+    yield rt
+    rt.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=200))
+def test_any_payload_gets_a_decodable_reply(shared_runtime: Runtime, payload: bytes) -> None:
+    reply = parse(shared_runtime.dispatch(payload))
+    assert reply.request.return_overrides.response_code != 0 or reply.hook_type == RESPONSE
+    assert shared_runtime.dispatch_event(payload) == b""
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    name=st.sampled_from(["AddHeader", "Raises", "ReturnsNone", "Nope", ""]),
+    hook_type=st.sampled_from([PRE, POST, POST_KEY_AUTH, AUTH]),
+    body=st.binary(max_size=64),
+)
+def test_request_hook_replies_always_echo_body_url_and_method(
+    shared_runtime: Runtime, name: str, hook_type: int, body: bytes
+) -> None:
+    sent = gateway_object(hook_type, name, body=body)
+    reply = call(shared_runtime, sent)
+    assert (reply.request.raw_body, reply.request.url, reply.request.method) == (
+        body,
+        sent.request.url,
+        sent.request.method,
+    )

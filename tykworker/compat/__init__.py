@@ -35,7 +35,8 @@ from types import ModuleType
 from typing import Final
 
 from .. import decorators, gateway_api
-from . import event, object, request, session
+from . import event, request, session
+from . import object as object_module
 
 PROTO_MODULES: Final = (
     "coprocess_common_pb2",
@@ -52,7 +53,7 @@ TYK_SUBMODULES: Final[dict[str, ModuleType]] = {
     "gateway": gateway_api,
     "request": request,
     "session": session,
-    "object": object,
+    "object": object_module,
     "event": event,
 }
 
