@@ -209,6 +209,8 @@ class Front:
                         self._on_worker_frame(conn_id, frame)
         except (ProtocolError, ConnectionError, ValueError) as exc:
             log.error("bridge connection %d broken: %s", conn_id, exc)
+        except asyncio.CancelledError:
+            pass  # the front is shutting down
         finally:
             self.writers.pop(conn_id, None)
             self._apply(self.router.leave(conn_id))
@@ -250,7 +252,7 @@ class Front:
         except ProtocolError as exc:
             message = str(exc).encode()
             writer.write(encode_frame(FrameKind.ERROR, 0, message))
-        except ConnectionError:
+        except (ConnectionError, asyncio.CancelledError):
             pass
         if tasks:
             await asyncio.wait(tasks)

@@ -61,6 +61,7 @@ class _Signals:
     def __init__(self) -> None:
         self.drain = False
         self.quit = False
+        self.busy = False  # a hook is running: fast stop exits at once
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -74,6 +75,8 @@ class _Signals:
     def _record(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGTERM:
             self.drain = True
+        elif self.busy:
+            os._exit(ExitCode.OK)  # fast stop: do not wait for the hook
         else:
             self.quit = True
 
@@ -132,6 +135,7 @@ class Worker:
                 return ExitCode.OK
             if signals.drain and not self.draining:
                 self._start_drain(bridge, "SIGTERM")
+            signals.busy = False
             for key, _ in selector.select(timeout=5.0):
                 if key.fileobj is signals.wake_r:
                     signals.wake_r.recv(512)
@@ -142,6 +146,7 @@ class Worker:
                     data = b""
                 if not data:
                     return ExitCode.OK  # front closed: drained, or front gone
+                signals.busy = True
                 try:
                     decoder.feed(data)
                     while (frame := decoder.next_frame()) is not None:
