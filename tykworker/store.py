@@ -83,10 +83,24 @@ class SQLiteStore:
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(_SCHEMA)
+        # Switching to WAL and creating the table take locks that SQLite does not wait for
+        # (no busy handler on that path), so concurrent first opens by several workers
+        # fail with "database is locked". The supervisor calls initialise() before it
+        # forks; here they run only when still needed (a store opened without it).
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        has_table = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'coprocess_data'"
+        ).fetchall()
+        if not has_table:
+            conn.execute(_SCHEMA)
         return conn
+
+    def initialise(self) -> None:
+        """Create the file, WAL mode and the table; call once before workers start."""
+        with self._lock:
+            self._connection()
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
         now = self._clock()

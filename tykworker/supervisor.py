@@ -36,6 +36,7 @@ from .errors import ConfigError, ExitCode, ProtocolError
 from .pool import Exit, Phase, Pool, PoolAction, ProcState, Signal, SpawnFront, SpawnWorker
 from .protocol import FrameDecoder
 from .scoreboard import Scoreboard
+from .store import STORE_FILENAME, SQLiteStore
 
 log = logging.getLogger("tykworker.supervisor")
 
@@ -76,6 +77,10 @@ class Supervisor:
         _become_subreaper()
         self.runtime_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.board = Scoreboard.create(self.runtime_dir / "scoreboard")
+        if not self.settings.redis_url:
+            store = SQLiteStore(self.runtime_dir / STORE_FILENAME)
+            store.initialise()  # before any worker opens it concurrently
+            store.close()
         self.board.write_header(target_workers=self.pool.target, generation=1)
         (self.runtime_dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
         self.bridge_path = self.runtime_dir / "bridge.sock"

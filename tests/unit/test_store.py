@@ -267,3 +267,19 @@ def test_two_workers_share_data_through_redis(redis_client: redis.Redis, redis_u
     assert redis_client.get("coprocess-data:" + key) == b"from-worker-1"
     assert 0 < redis_client.ttl("coprocess-data:" + key) <= 60
     redis_client.delete("coprocess-data:" + key)
+
+
+def test_first_opens_racing_after_initialise_never_fail(tmp_path: Path) -> None:
+    """Regression: workers opening a fresh store at once got 'database is locked' (the WAL
+    switch and CREATE TABLE do not wait on the busy handler). The supervisor initialises
+    the file before forking; after that, simultaneous first opens must all succeed."""
+    for round_ in range(3):
+        path = tmp_path / f"round{round_}.sqlite3"
+        SQLiteStore(path).initialise()
+        writers = [_child(str(path), name, "5") for name in ("a", "b", "c", "d")]
+        for writer in writers:
+            writer.communicate(timeout=30)
+            assert writer.returncode == 0
+        store = SQLiteStore(path)
+        assert all(store.get(f"{p}-{i}") == str(i).encode() for p in "abcd" for i in range(5))
+        store.close()

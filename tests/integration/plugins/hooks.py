@@ -2,7 +2,9 @@
 
 import ctypes
 import os
+import re
 import subprocess
+import threading
 import time
 
 from gateway import TykGateway as tyk
@@ -67,6 +69,7 @@ def Store(request, session, spec):
         tyk.store_data(key, request.object.raw_body.decode(), 60)
     request.add_header("X-Value", tyk.get_data(key).decode())
     request.add_header("X-Worker-Pid", str(os.getpid()))
+    time.sleep(float(request.get_header("Hold") or "0"))  # keep this worker busy
     return request, session
 
 
@@ -86,3 +89,57 @@ def Auth(request, session, metadata, spec):
 def AddResponseHeader(request, response, session, metadata, spec):
     response.headers["X-Added"] = "yes"
     return response
+
+
+def _chaos_child(detach):
+    # A marker argument lets the tests find the child anywhere in the process table.
+    subprocess.Popen(["sleep", "30.25"], start_new_session=detach)
+
+
+def _fail():
+    raise RuntimeError("plugin failure on purpose")
+
+
+_CHAOS = {
+    "hang": lambda: threading.Event().wait(),
+    # Catastrophic backtracking: stuck in C (the regex engine) holding the GIL.
+    "spin": lambda: re.match(r"(a+)+$", "a" * 64 + "b"),
+    "raise": lambda: _fail(),
+    "exit": lambda: os._exit(7),
+    "segv": lambda: ctypes.string_at(0),
+    "leak": lambda: _leak.append(bytearray(8 * 1024 * 1024)),
+    "orphan": lambda: _chaos_child(False),
+    "daemon": lambda: _chaos_child(True),
+}
+
+
+@Hook  # noqa: F405
+def Chaos(request, session, spec):
+    """Echoes the caller's ``Call-Id`` after doing what its ``Do`` header says (the
+    reliability tests match every reply to its call with it)."""
+    action = _CHAOS.get(request.get_header("Do") or "")
+    if action is not None:
+        action()
+    time.sleep(float(request.get_header("Sleep") or "0"))
+    request.add_header("X-Call-Id", request.get_header("Call-Id") or "")
+    request.add_header("X-Worker-Pid", str(os.getpid()))
+    return request, session
+
+
+@Hook  # noqa: F405
+def LeakSecrets(request, session, spec):
+    """Logs and raises with the request's credentials in the text."""
+    auth, cookie = request.get_header("Authorization"), request.get_header("Cookie")
+    tyk.log(f"checking {auth} and {cookie}", "error")
+    raise PermissionError(f"rejected Authorization={auth!r} Cookie={cookie!r} {request.object!r}")
+
+
+@Hook  # noqa: F405
+def WhoAmI(request, session, spec):
+    """The worker's credentials, and whether the embedded store works for it."""
+    tyk.store_data("whoami", str(os.getuid()), 60)
+    request.add_header("X-Uid", str(os.getuid()))
+    request.add_header("X-Gid", str(os.getgid()))
+    request.add_header("X-Groups", ",".join(map(str, sorted(os.getgroups()))))
+    request.add_header("X-Stored", tyk.get_data("whoami").decode())
+    return request, session
