@@ -115,30 +115,28 @@ class Server:
 
     # --- notify ---------------------------------------------------------------------
     def wait_notify(self, prefix: str, timeout: float = 30.0) -> str:
-        """Next sd_notify line starting with ``prefix`` (earlier ones are kept)."""
-        for line in self.messages:
-            if line.startswith(prefix):
-                self.messages.remove(line)
-                return line
+        """The next sd_notify datagram with a line starting with ``prefix``, as text
+        (all its lines). Datagrams received meanwhile are kept for later calls."""
+
+        def matches(datagram: str) -> bool:
+            return any(line.startswith(prefix) for line in datagram.splitlines())
+
+        for datagram in self.messages:
+            if matches(datagram):
+                self.messages.remove(datagram)
+                return datagram
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
             try:
-                data = self.notify.recv(4096).decode()
+                datagram = self.notify.recv(4096).decode()
             except TimeoutError:
                 if self.proc.poll() is not None:
                     break
                 continue
-            found = None
-            for line in data.splitlines():
-                if found is None and line.startswith(prefix):
-                    found = line
-                else:
-                    self.messages.append(line)
-            if found is not None:
-                return found
-            if self.proc.poll() is not None:
-                break
+            if matches(datagram):
+                return datagram
+            self.messages.append(datagram)
         raise AssertionError(f"no {prefix!r} notification; log:\n{self.log()}")
 
     def wait_ready(self) -> Server:
