@@ -345,30 +345,29 @@ def run_scenarios(
         blocking = scenario == "blocking"
         workers = opts.blocking_workers if blocking else opts.workers
         threads = opts.blocking_workers if blocking else opts.threads
-        for kind in opts.servers:
-            tag = f"{scenario}"
+        for kind, label, front_args in server_variants(opts):
+            tag = f"{scenario}-{label}"
             if kind == "baseline":
                 server = start_baseline(tmp, tag, threads)
             else:
-                server = start_tykworker(
-                    tmp, tag, workers, raw=opts.raw and scenario == "trivial", extra=opts.tw_args
-                )
+                raw = opts.raw and scenario == "trivial" and label == tykworker_label(opts)
+                server = start_tykworker(tmp, tag, workers, raw, [*opts.tw_args, *front_args])
             with running(server, ready, opts.ready_timeout):
                 for c in opts.concurrency:
-                    log(f"{scenario:8s} {kind:9s} C={c}")
+                    log(f"{scenario:8s} {label:9s} C={c}")
                     res = measure(server, payload, c, opts)
                     res.update(
                         scenario=scenario,
-                        server=kind,
+                        server=label,
                         workers=workers if kind == "tykworker" else None,
                         threads=threads if kind == "baseline" else None,
                     )
                     results["runs"].append(res)
                 if scenario == "trivial" and opts.conns > 1:
                     c = max(opts.concurrency)
-                    log(f"{scenario:8s} {kind:9s} C={c} conns={opts.conns}")
+                    log(f"{scenario:8s} {label:9s} C={c} conns={opts.conns}")
                     res = measure(server, payload, c, opts, conns=opts.conns)
-                    res.update(scenario="trivial-conns", server=kind)
+                    res.update(scenario="trivial-conns", server=label)
                     results["runs"].append(res)
                 if kind == "tykworker" and server.raw_socket is not None:
                     for c in opts.concurrency:
@@ -378,15 +377,36 @@ def run_scenarios(
                         except RuntimeError as exc:
                             log(f"raw socket run failed: {exc}")
                             continue
-                        res.update(scenario="trivial-raw", server="tykworker-raw")
+                        res.update(scenario="trivial-raw", server="tykworker-raw", ref=label)
                         results["runs"].append(res)
+
+
+def server_variants(opts: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
+    """(kind, label, extra serve args) per server to run: ``--fronts native,grpcio`` runs
+    tykworker once per front, labelled ``tykworker-native`` etc."""
+    out: list[tuple[str, str, list[str]]] = []
+    for kind in opts.servers:
+        if kind == "tykworker" and opts.fronts:
+            out += [(kind, f"tykworker-{front}", ["--front", front]) for front in opts.fronts]
+        else:
+            out.append((kind, kind, []))
+    return out
+
+
+def tykworker_label(opts: argparse.Namespace) -> str:
+    """The tykworker variant that also runs the raw, reload and memory parts."""
+    return f"tykworker-{opts.fronts[0]}" if opts.fronts else "tykworker"
+
+
+def tykworker_args(opts: argparse.Namespace) -> list[str]:
+    return [*opts.tw_args, *(["--front", opts.fronts[0]] if opts.fronts else [])]
 
 
 def run_reload(
     opts: argparse.Namespace, tmp: Path, payloads: dict[str, Path], results: dict[str, Any]
 ) -> None:
     """Trivial hook at C=16 while the supervisor gets SIGHUP every second."""
-    server = start_tykworker(tmp, "reload", opts.workers, raw=False, extra=opts.tw_args)
+    server = start_tykworker(tmp, "reload", opts.workers, False, tykworker_args(opts))
     with running(server, payloads["trivial"], opts.ready_timeout):
         hups = 0
         done = threading.Event()
@@ -433,7 +453,7 @@ def run_memory(
     warm = ["-payload", str(payloads["trivial"]), "-n", "2000", "-expect", READY_EXPECT]
     if "tykworker" in opts.servers:
         for n in opts.memory_workers:
-            server = start_tykworker(tmp, f"mem{n}", n, raw=False, extra=opts.tw_args)
+            server = start_tykworker(tmp, f"mem{n}", n, False, tykworker_args(opts))
             with running(server, payloads["trivial"], opts.ready_timeout):
                 loadgen(["-target", server.target, "-c", str(max(n, 4)), *warm], timeout=60)
                 time.sleep(0.3)
@@ -516,7 +536,8 @@ def report(results: dict[str, Any]) -> str:
             if r["scenario"] != scenario or r["concurrency"] != c:
                 continue
             if r["server"] == "tykworker-raw":  # raw socket vs tykworker's own gRPC path
-                ref, tag = _find(runs, "trivial", "tykworker", c), " (vs gRPC)"
+                ref = _find(runs, "trivial", r.get("ref", "tykworker"), c)
+                tag = " (vs gRPC)"
             else:
                 ref, tag = _find(runs, scenario, "baseline", c), ""
             lat = r["latency_us"]
@@ -665,6 +686,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="extra arguments for `tykworker serve` (one shell-quoted string)",
     )
+    ap.add_argument(
+        "--fronts",
+        default="",
+        help="tykworker fronts to compare, e.g. native,grpcio (default: the default front)",
+    )
     ap.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to become ready")
     ap.add_argument("--rebuild", action="store_true", help="rebuild bench/bin/loadgen")
     ap.add_argument("--out", type=Path, default=OUT / "results.json")
@@ -681,6 +707,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts.memory_workers = [int(n) for n in opts.memory_workers.split(",") if n]
     opts.servers = [opts.only] if opts.only else ["baseline", "tykworker"]
     opts.tw_args = shlex.split(opts.tw_args)
+    opts.fronts = [front for front in opts.fronts.split(",") if front]
     return opts
 
 
@@ -703,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": opts.warmup,
             "concurrency": opts.concurrency,
             "servers": opts.servers,
+            "fronts": opts.fronts,
         },
         "runs": [],
     }

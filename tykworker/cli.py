@@ -1,7 +1,11 @@
-"""Command line: ``tykworker serve|reload|status``. The only place that exits the process.
+"""Command line: ``tykworker serve|reload|status|call``. The only place that exits the process.
 
 ``serve`` loads settings (defaults < TOML < TYKWORKER_* < flags), configures logging and
-runs the supervisor. SIGHUP re-runs the same loader with the same argv.
+runs the supervisor. SIGHUP re-runs the same loader with the same argv. The operator
+commands find the server from the same settings (``--socket``, ``--config``, env):
+``status`` and ``reload`` through its runtime directory (scoreboard, pid file), ``call``
+over gRPC. Nothing here imports grpc at module level: ``serve`` forks, and grpcio does not
+survive ``fork`` (only ``call`` imports it, in ``callcmd``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__, logs
-from .config import Settings, add_setting_flags, load_settings
+from .config import HOOK_TYPES, Settings, add_setting_flags, load_settings
 from .errors import ConfigError, ExitCode
 
 log = logging.getLogger("tykworker")
@@ -39,7 +44,32 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
         else:
             cmd.add_argument("--wait", type=float, default=120.0, help="seconds to wait")
+    call = sub.add_parser(
+        "call", help="call a hook of a running server as the gateway would; print the reply"
+    )
+    call.add_argument("--socket", help="the server's gRPC address (as for serve)")
+    call.add_argument("--config", metavar="FILE", help="TOML config file (for its socket)")
+    _add_call_arguments(call)
     return parser
+
+
+def _add_call_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("hook", metavar="HOOK", help="hook (function) name; with --event, the handler")
+    types = [name for name in HOOK_TYPES if name != "event"]
+    cmd.add_argument("--type", dest="hook_type", choices=types, default="pre", help="hook type")
+    cmd.add_argument(
+        "--header", action="append", default=[], metavar="K:V", help="request header (repeat)"
+    )
+    body = cmd.add_mutually_exclusive_group()
+    body.add_argument("--body", help="request body text")
+    body.add_argument("--body-file", type=Path, metavar="F", help="request body file (- = stdin)")
+    cmd.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    cmd.add_argument("--url", default="/", help="request URL: path and query (default /)")
+    cmd.add_argument(
+        "--spec", action="append", default=[], metavar="K=V", help="API spec entry (repeat)"
+    )
+    cmd.add_argument("--event", metavar="JSON", help="send DispatchEvent with this payload")
+    cmd.add_argument("--timeout", type=float, default=30.0, help="gRPC deadline, seconds")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -92,9 +122,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    from .callcmd import run
+
+    settings = load_settings({"socket": args.socket, "config": args.config})
+    return run(settings, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "reload": cmd_reload, "status": cmd_status}
+    commands = {"serve": cmd_serve, "reload": cmd_reload, "status": cmd_status, "call": cmd_call}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

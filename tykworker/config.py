@@ -9,13 +9,18 @@ Invariants:
 * ``load_settings`` has no side effects (no logging set-up, no files created); it returns a
   valid ``Settings`` or raises ``ConfigError`` naming the offending source and key.
 * The same ``argv``/``environ`` always give the same ``Settings`` (used by SIGHUP reload).
+* Security settings are checked here, not at first use: ``socket_mode`` never grants
+  anything to others (no world-accessible socket), and ``socket_group``, ``user`` and
+  ``group`` must name existing accounts (reading the account databases is the only I/O).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import grp
 import os
+import pwd
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -101,7 +106,21 @@ class Settings:
     raw_socket: str | None = _setting(
         None, "optional Unix socket path for raw length-prefixed frames", _parse_optional_str
     )
+    front: str = _setting(
+        "native",
+        "gRPC server of the front: native (built-in HTTP/2, h2c) or grpcio",
+        _parse_choice("native", "grpcio"),
+    )
     socket_mode: int = _setting(0o660, "permission bits of Unix sockets (octal)", _parse_mode)
+    socket_group: str | None = _setting(
+        None, "group owning the gRPC and raw Unix sockets (name or gid)", _parse_optional_str
+    )
+    user: str | None = _setting(
+        None, "started as root: workers run as this user (name or uid)", _parse_optional_str
+    )
+    group: str | None = _setting(
+        None, "started as root: the workers' group (default: the user's)", _parse_optional_str
+    )
     middleware: str = _setting("./middleware", "directory of middleware modules", str)
     event_handlers: str = _setting("./event_handlers", "directory of event handler modules", str)
     bundles: str | None = _setting(
@@ -132,6 +151,12 @@ class Settings:
     log_level: str = _setting(
         "info", "log level", _parse_choice("debug", "info", "warning", "error")
     )
+    metrics: str | None = _setting(
+        None, "Prometheus metrics listen address: HOST:PORT or a Unix path", _parse_optional_str
+    )
+    slow_call_threshold: float = _setting(
+        0.0, "log the Python stack of calls running longer than this, seconds (0 = off)", float
+    )
 
     @property
     def max_message_bytes(self) -> int:
@@ -140,6 +165,25 @@ class Settings:
     def timeout_for(self, hook: str) -> float:
         """Deadline in seconds for a hook type name (see ``HOOK_TYPES``)."""
         return self.hook_timeout_for.get(hook, self.hook_timeout)
+
+    def socket_gid(self) -> int | None:
+        """The gid to give the public Unix sockets, None to leave it. Raises ValueError."""
+        return None if self.socket_group is None else lookup_gid(self.socket_group)
+
+    def worker_identity(self) -> tuple[int, int, tuple[int, ...]] | None:
+        """``(uid, gid, supplementary gids)`` workers switch to after fork (``user`` /
+        ``group``), None to keep the supervisor's. Raises ValueError for an unknown name."""
+        if self.user is None and self.group is None:
+            return None
+        uid, gid, groups = os.getuid(), os.getgid(), tuple(os.getgroups())
+        if self.user is not None:
+            entry = lookup_user(self.user)
+            uid, gid = entry.pw_uid, entry.pw_gid
+            groups = tuple(os.getgrouplist(entry.pw_name, gid)) if entry.pw_name else (gid,)
+        if self.group is not None:
+            gid = lookup_gid(self.group)
+            groups = (gid,) if self.user is None else tuple(dict.fromkeys((gid, *groups)))
+        return uid, gid, groups
 
     def resolved_runtime_dir(self) -> Path:
         """The runtime directory: explicit, else derived from the socket address so that
@@ -161,6 +205,48 @@ def parse_address(address: str) -> tuple[str, str]:
     if address.startswith("unix://"):
         return "unix", address[len("unix://") :]
     return "unix", address
+
+
+def metrics_address(address: str) -> tuple[str, str, int] | None:
+    """Split the ``metrics`` setting into ``("unix", path, 0)`` (``unix://PATH`` or any
+    text with a ``/``) or ``("tcp", host, port)`` (``HOST:PORT``, ``[V6]:PORT``; an empty
+    host is every interface). None if it is neither."""
+    if not address.startswith("tcp://") and (address.startswith("unix://") or "/" in address):
+        return "unix", address.removeprefix("unix://"), 0
+    host, sep, port = address.removeprefix("tcp://").rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return "tcp", host.strip("[]"), int(port)
+
+
+def lookup_user(name: str) -> pwd.struct_passwd:
+    """A user by name or numeric uid (a uid without a passwd entry is allowed: its
+    group is then the gid of the same number)."""
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        if name.isdigit():
+            uid = int(name)
+            return pwd.struct_passwd(("", "x", uid, uid, "", "/", ""))
+        raise ValueError(f"no such user {name!r}") from None
+
+
+def lookup_gid(name: str) -> int:
+    """A group by name or numeric gid."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group {name!r}") from None
+
+
+def _resolves(lookup: Callable[[], object]) -> bool:
+    try:
+        lookup()
+    except ValueError:
+        return False
+    return True
 
 
 SETTINGS_FIELDS: Final = tuple(dataclasses.fields(Settings))
@@ -276,12 +362,29 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         (s.max_requests_jitter >= 0, "max_requests_jitter", "must be >= 0"),
         (s.max_rss_mb >= 0, "max_rss_mb", "must be >= 0"),
         (s.graceful_timeout >= 0, "graceful_timeout", "must be >= 0"),
+        (s.slow_call_threshold >= 0, "slow_call_threshold", "must be >= 0"),
+        (
+            s.metrics is None or metrics_address(s.metrics) is not None,
+            "metrics",
+            f"expected HOST:PORT or a Unix socket path, got {s.metrics!r}",
+        ),
         (
             "auth" not in s.fail_open,
             "fail_open",
             "auth hooks cannot fail open (the gateway needs a session)",
         ),
         (s.socket_mode & 0o007 == 0, "socket_mode", "must not grant access to others"),
+        (_resolves(s.socket_gid), "socket_group", f"no such group {s.socket_group!r}"),
+        (
+            s.user is None or _resolves(lambda: lookup_user(str(s.user))),
+            "user",
+            f"no such user {s.user!r}",
+        ),
+        (
+            s.group is None or _resolves(lambda: lookup_gid(str(s.group))),
+            "group",
+            f"no such group {s.group!r}",
+        ),
         (bool(address), "socket", "address is empty"),
         (kind != "tcp" or ":" in address, "socket", f"tcp needs HOST:PORT, got {s.socket!r}"),
     )

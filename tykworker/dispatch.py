@@ -27,6 +27,10 @@ so half-done mutations of a failed hook never reach the gateway:
   shape, has an unusable argument
   count, or its bundle cannot load  -> ``Reason.HOOK_ERROR`` (500)
 
+Each failure is also noted in ``logs.active_call.failure`` (the reason's code; events:
+``no_hook``/``hook_error``), which the worker loop reports to the front for its metrics,
+and the API id in ``logs.active_call.api_id`` for log lines.
+
 Invariant: ``dispatch`` and ``dispatch_event`` never raise (``KeyboardInterrupt`` aside).
 """
 
@@ -51,6 +55,7 @@ from .compat.request import TykCoProcessRequest
 from .decorators import HandlerDecorator
 from .errors import HookError, PluginLoadError, TykWorkerError
 from .gateway_api import CallContext, call_context, current, secrets_of
+from .logs import active_call
 from .scope import Scope
 
 calls_log = logging.getLogger("tykworker.calls")
@@ -77,6 +82,7 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
         obj = object_pb2.Object.FromString(payload)
     except DecodeError as exc:
         calls_log.warning("undecodable Dispatch payload (%d bytes): %s", len(payload), exc)
+        active_call.failure = answers.Reason.BAD_REQUEST.code
         return answers.failure_reply(b"", common_pb2.Unknown, answers.Reason.BAD_REQUEST, False)
     context = CallContext(
         hook=obj.hook_name,
@@ -84,6 +90,7 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
         spec=obj.spec,
         secrets=secrets_of(obj.request.headers),
     )
+    active_call.api_id = context.api_id
     with call_context(context):
         try:
             handler, scope = resolve(obj)
@@ -108,6 +115,7 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
 
 
 def _failure(payload: bytes, obj: object_pb2.Object, reason: answers.Reason) -> bytes:
+    active_call.failure = reason.code  # the worker loop reports it to the front (metrics)
     return answers.failure_reply(payload, obj.hook_type, reason, False)
 
 
@@ -197,9 +205,11 @@ def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
     spec = event.spec if isinstance(event.spec, dict) else {}
     name, api_id = str(event.handler_name or ""), str(spec.get("APIID", ""))
     context = CallContext(hook=name, api_id=api_id, spec=spec)
+    active_call.hook, active_call.api_id = name, api_id
     with call_context(context):
         target = resolve(name, api_id)
         if target is None:
+            active_call.failure = answers.Reason.NO_HOOK.code
             calls_log.warning(
                 "no @Event handler %r for API %s", name, api_id, extra=context.log_extra()
             )
@@ -220,6 +230,7 @@ def run_event(target: Target, event: TykEvent) -> None:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
+        active_call.failure = answers.Reason.HOOK_ERROR.code
         context = current()
         calls_log.error(
             "event handler %s failed: %s",

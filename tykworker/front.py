@@ -10,6 +10,11 @@ the gateway gets the timeout answer at once and the supervisor is told which wor
 stuck (it dumps the stacks and kills it). A bridge connection that drops answers its
 call with the crash answer. See router.py for the exactly-once invariants.
 
+Observability (never on the call path unless enabled): the gRPC health service
+(health.py) on the same socket; with the ``metrics`` setting, per-call statistics kept in
+plain dicts and served for Prometheus (metrics.py). A worker announces a plugin error with
+a CONTROL frame before its reply; the front counts it (``Counters.errors``, metrics).
+
 Signals: SIGTERM = drain (stop taking calls, finish those accepted, exit 0);
 SIGQUIT/SIGINT = exit now.
 """
@@ -26,7 +31,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import msgpack
@@ -34,7 +39,9 @@ import msgpack
 from . import answers, ipc, proctitle
 from .answers import Reason
 from .config import HOOK_TYPES, Settings, parse_address
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
+from .h2server import NativeServer, start_native
+from .health import Health, ServingStatus
 from .protocol import (
     Frame,
     FrameDecoder,
@@ -46,11 +53,17 @@ from .protocol import (
 from .router import Action, Answer, Assign, Call, Close, Completed, Router, Worker
 from .scoreboard import Scoreboard
 
+if TYPE_CHECKING:
+    from .metrics import CallStats
+
 log = logging.getLogger("tykworker.front")
 calls_log = logging.getLogger("tykworker.calls")
 
 _HOOK_NAMES = {number: name for name, number in HOOK_TYPES.items()}
 SERVICE = "coprocess.Dispatcher"
+#: ERROR frame (call id 0) a raw client gets when the front stops: no more replies. After
+#: a graceful stop, every call the front had read was answered before it.
+RAW_GOODBYE = b"server stopping: no more replies on this connection"
 
 
 @dataclass(slots=True)
@@ -83,7 +96,7 @@ class Front:
         self.router = Router(queue_limit=settings.queue_size)
         self.pending: dict[int, _Pending] = {}
         self.writers: dict[int, asyncio.StreamWriter] = {}
-        self.pids: dict[int, int] = {}  # bridge connection -> worker pid (for logs)
+        self.members: dict[int, Worker] = {}  # bridge connection -> worker (for logs)
         self.ids = itertools.count(1)
         self.conn_ids = itertools.count(1)
         self.counters = Counters()
@@ -91,10 +104,17 @@ class Front:
         self.stopping = asyncio.Event()
         self.fast = False
         self.unix_paths: list[str] = []
+        self.raw_calls: set[asyncio.Task[None]] = set()  # answered before the front exits
+        self.raw_writers: set[asyncio.StreamWriter] = set()  # told when the front stops
+        self.health = Health(self.is_serving)
+        self.stats: CallStats | None = None  # set when the metrics endpoint is on
 
     # --- calls ----------------------------------------------------------------------
-    async def call(self, kind: FrameKind, payload: bytes) -> bytes:
-        """Route one call and wait for its single answer."""
+    async def call(
+        self, kind: FrameKind, payload: bytes, deadline: float | None = None
+    ) -> bytes:
+        """Route one call and wait for its single answer. ``deadline``: the client's own,
+        in seconds from now (``grpc-timeout``); the shorter of it and the hook type's wins."""
         if kind == FrameKind.DISPATCH:
             hook_type, hook_name = peek_object_header(payload)
             hook = _HOOK_NAMES.get(hook_type, "pre")
@@ -107,15 +127,18 @@ class Front:
         self.counters.calls += 1
         self._apply(self.router.submit(call))
         if not pending.future.done():
-            pending.timer = loop.call_later(
-                self.settings.timeout_for(hook), self._expire, call.call_id
-            )
+            limit = self.settings.timeout_for(hook)
+            if deadline is not None:
+                limit = min(limit, deadline)
+            pending.timer = loop.call_later(limit, self._expire, call.call_id)
         try:
             return await pending.future
         finally:
-            self.pending.pop(call.call_id, None)
-            if pending.timer is not None:
-                pending.timer.cancel()
+            # If the client gave up (this task cancelled), the call stays routed and its
+            # timer armed: a worker hanging on it must still be detected and killed.
+            # ``_resolve`` forgets the call once the router is done with it.
+            if self.stats is not None:
+                self.stats.observe_call(hook, hook_name, time.monotonic() - call.arrived_at)
 
     def _expire(self, call_id: int) -> None:
         self._apply(self.router.expire(call_id))
@@ -132,30 +155,43 @@ class Front:
                 writer = self.writers.pop(action.conn_id, None)
                 if writer is not None:
                     writer.close()
-        self.board.write_header(queue_depth=len(self.router.queue))
+        self.board.write_header(queue_depth=len(self.router.queue), calls=self.counters.calls)
 
     def _send(self, conn_id: int, call: Call) -> None:
+        if self.stats is not None:
+            self.stats.observe_queue_wait(time.monotonic() - call.arrived_at)
         writer = self.writers[conn_id]
-        writer.write(encode_header(FrameKind(call.kind), call.call_id, len(call.payload)))
-        writer.write(call.payload)
+        header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
+        if len(call.payload) < 65536:  # one send() syscall per call: the front's main cost
+            writer.write(header + call.payload)
+        else:  # large: two writes beat copying the payload
+            writer.write(header)
+            writer.write(call.payload)
 
     def _resolve(self, call: Call, reply: bytes) -> None:
-        pending = self.pending.get(call.call_id)
-        if pending is not None and not pending.future.done():
+        """The router is done with ``call``: deliver its one answer (unless the client
+        already went away) and disarm its deadline."""
+        pending = self.pending.pop(call.call_id, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if not pending.future.done():
             pending.future.set_result(reply)
 
     def _answer(self, action: Answer) -> None:
         call, reason = action.call, action.reason
-        hook = (
-            _HOOK_NAMES.get(call.hook_type, "pre") if call.kind == FrameKind.DISPATCH else "event"
-        )
+        hook = _type_name(call)
         if call.kind == FrameKind.DISPATCH:
             fail_open = hook in self.settings.fail_open
             reply = answers.failure_reply(call.payload, call.hook_type, reason, fail_open)
         else:
             reply = answers.event_reply()
         self._count(reason)
-        pid = self.pids.get(action.conn_id) if action.conn_id else None
+        if self.stats is not None:
+            self.stats.observe_answer(hook, call.hook_name, reason.code)
+        member = self.members.get(action.conn_id) if action.conn_id else None
+        pid = member.pid if member else None
         calls_log.warning(
             "call %d hook %r (%s) answered by tykworker: %s",
             call.call_id,
@@ -165,12 +201,15 @@ class Front:
             extra={
                 "call_id": call.call_id,
                 "hook": call.hook_name,
+                "hook_type": hook,
                 "worker_pid": pid,
+                "generation": member.generation if member else None,
                 "reason": reason.code,
-                "elapsed": time.monotonic() - call.arrived_at,
+                "elapsed": round(time.monotonic() - call.arrived_at, 6),
             },
         )
         if reason is Reason.TIMEOUT and pid is not None:
+            self.health.notify()  # that worker is lost
             ipc.report(
                 self.spec.status_fd,
                 "stuck",
@@ -214,7 +253,8 @@ class Front:
         finally:
             self.writers.pop(conn_id, None)
             self._apply(self.router.leave(conn_id))
-            self.pids.pop(conn_id, None)
+            self.members.pop(conn_id, None)
+            self.health.notify()
             writer.close()
 
     def _join(self, conn_id: int, frame: Frame, writer: asyncio.StreamWriter) -> bool:
@@ -223,9 +263,10 @@ class Front:
         hello = msgpack.unpackb(frame.payload)
         worker = Worker(conn_id, int(hello["pid"]), int(hello["generation"]), int(hello["index"]))
         self.writers[conn_id] = writer
-        self.pids[conn_id] = worker.pid
+        self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
         self._apply(self.router.join(worker))
+        self.health.notify()
         return True
 
     def _on_worker_frame(self, conn_id: int, frame: Frame) -> None:
@@ -233,8 +274,62 @@ class Front:
             self._apply(self.router.reply(conn_id, frame.call_id), frame.payload)
         elif frame.kind == FrameKind.DRAIN:
             self._apply(self.router.drain(conn_id))
+            self.health.notify()
+        elif frame.kind == FrameKind.CONTROL:
+            self._on_worker_control(conn_id, frame)
         else:
             raise ProtocolError(f"unexpected {frame.kind.name} frame from a worker")
+
+    def _on_worker_control(self, conn_id: int, frame: Frame) -> None:
+        """``{"op": "failed", "reason": code}``: the plugin failed the call ``frame.call_id``
+        (its REPLY follows). Unknown ops are ignored (newer workers, older front)."""
+        message = msgpack.unpackb(frame.payload)
+        worker = self.router.workers.get(conn_id)
+        call = worker.call if worker else None
+        if not isinstance(message, dict) or message.get("op") != "failed" or call is None:
+            return
+        if call.call_id != frame.call_id:
+            return  # the call was already answered (timeout): it is counted there
+        self.counters.errors += 1
+        self.board.write_header(errors=self.counters.errors)
+        if self.stats is not None:
+            reason = str(message.get("reason", ""))
+            self.stats.observe_answer(_type_name(call), call.hook_name, reason)
+
+    # --- health and metrics ---------------------------------------------------------
+    def is_serving(self) -> bool:
+        """Accepting calls, and a worker of the current (or a newer) generation can take
+        them (health.py)."""
+        if not self.router.accepting:
+            return False
+        generation = self.board.header().generation
+        return any(
+            w.generation >= generation and not w.draining and not w.lost
+            for w in self.router.workers.values()
+        )
+
+    async def _start_metrics(self) -> asyncio.AbstractServer | None:
+        """The Prometheus endpoint, if configured. A bind failure is logged, not fatal:
+        calls matter more than metrics."""
+        if not self.settings.metrics:
+            return None
+        from . import metrics
+
+        def snapshot() -> metrics.Snapshot:
+            serving = self.health.status("") is ServingStatus.SERVING
+            return metrics.snapshot(self.router, self.board.header(), serving)
+
+        try:
+            endpoint = await metrics.start_endpoint(
+                self.settings.metrics, self.settings.socket_mode, snapshot
+            )
+        except (OSError, ConfigError) as exc:
+            log.error("metrics endpoint %s unavailable: %s", self.settings.metrics, exc)
+            return None
+        self.stats = endpoint.stats
+        self.unix_paths.extend(endpoint.unix_paths)
+        log.info("Prometheus metrics on %s", self.settings.metrics)
+        return endpoint.server
 
     # --- raw socket clients ---------------------------------------------------------
     async def on_raw_client(
@@ -242,6 +337,7 @@ class Front:
     ) -> None:
         decoder = FrameDecoder(self.settings.max_message_bytes)
         tasks: set[asyncio.Task[None]] = set()
+        self.raw_writers.add(writer)
         try:
             while data := await reader.read(1 << 20):
                 decoder.feed(data)
@@ -249,6 +345,11 @@ class Front:
                     task = asyncio.create_task(self._raw_call(frame, writer))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    self.raw_calls.add(task)
+                    task.add_done_callback(self.raw_calls.discard)
+            if decoder.buffered:  # the client half-closed in the middle of a frame
+                text = f"connection closed inside a frame ({decoder.buffered} bytes)"
+                writer.write(encode_frame(FrameKind.ERROR, 0, text.encode()))
         except ProtocolError as exc:
             message = str(exc).encode()
             writer.write(encode_frame(FrameKind.ERROR, 0, message))
@@ -259,6 +360,7 @@ class Front:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
+        self.raw_writers.discard(writer)
 
     async def _raw_call(self, frame: Frame, writer: asyncio.StreamWriter) -> None:
         if frame.kind not in (FrameKind.DISPATCH, FrameKind.EVENT):
@@ -273,7 +375,7 @@ class Front:
     def _grpc_handlers(self) -> grpc.GenericRpcHandler[bytes, bytes]:
         def unary(kind: FrameKind) -> grpc.RpcMethodHandler[bytes, bytes]:
             async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-                return await self.call(kind, request)
+                return await self.call(kind, request, context.time_remaining())
 
             return grpc.unary_unary_rpc_method_handler(handle)
 
@@ -282,7 +384,11 @@ class Front:
             {"Dispatch": unary(FrameKind.DISPATCH), "DispatchEvent": unary(FrameKind.EVENT)},
         )
 
-    async def _start_grpc(self) -> grpc.aio.Server:
+    async def _start_grpc(self) -> grpc.aio.Server | NativeServer:
+        if self.settings.front == "native":  # h2server.py: built-in HTTP/2 for unary calls
+            native = await start_native(self.call, self.settings, self.health)
+            self.unix_paths.extend(native.unix_paths)
+            return native
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             options=[
@@ -291,7 +397,7 @@ class Front:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        server.add_generic_rpc_handlers((self._grpc_handlers(),))
+        server.add_generic_rpc_handlers((self._grpc_handlers(), self.health.handler()))
         kind, address = parse_address(self.settings.socket)
         if kind == "unix":
             ipc.claim_unix_path(address)
@@ -302,6 +408,7 @@ class Front:
             finally:
                 os.umask(old)
             os.chmod(address, self.settings.socket_mode)
+            ipc.set_group(address, self.settings.socket_gid())
             self.unix_paths.append(address)
         else:
             server.add_insecure_port(address)
@@ -312,7 +419,9 @@ class Front:
         path = self.settings.raw_socket
         if not path:
             return None
-        sock = ipc.bind_unix_listener(Path(path), self.settings.socket_mode)
+        sock = ipc.bind_unix_listener(
+            Path(path), self.settings.socket_mode, group=self.settings.socket_gid()
+        )
         self.unix_paths.append(path)
         return await asyncio.start_unix_server(self.on_raw_client, sock=sock, limit=1 << 20)
 
@@ -326,11 +435,14 @@ class Front:
         )
         server = await self._start_grpc()
         raw = await self._start_raw()
+        metrics = await self._start_metrics()
         self.board.write_header(front_pid=os.getpid())
         ipc.report(self.spec.status_fd, "ready")
         log.info("serving coprocess.Dispatcher on %s", self.settings.socket)
         await self.stopping.wait()
         await self._drain(server, raw)
+        if metrics is not None:
+            metrics.close()
         bridge.close()
         for writer in list(self.writers.values()):
             writer.close()
@@ -339,18 +451,34 @@ class Front:
         self.fast = True
         self.stopping.set()
 
-    async def _drain(self, server: grpc.aio.Server, raw: asyncio.Server | None) -> None:
+    async def _drain(
+        self, server: grpc.aio.Server | NativeServer, raw: asyncio.Server | None
+    ) -> None:
         """Stop taking calls; give accepted calls until graceful_timeout to finish."""
         grace = 0.0 if self.fast else self.settings.graceful_timeout
         if raw is not None:
             raw.close()
         self.router.stop_accepting()
+        self.health.close()  # NOT_SERVING; Watch streams end so they do not hold the stop
         if not self.fast:
             log.info("draining %d call(s)", len(self.pending))
+        deadline = time.monotonic() + grace
         await server.stop(grace)
+        # Every raw call read so far gets its answer; then each raw client is told, so
+        # that it knows a call without a reply was never read (safe to retry elsewhere).
+        while self.raw_calls and time.monotonic() < deadline:
+            await asyncio.wait(set(self.raw_calls), timeout=deadline - time.monotonic())
+        for writer in self.raw_writers:
+            writer.write(encode_frame(FrameKind.ERROR, 0, RAW_GOODBYE))
+            writer.close()
         for path in self.unix_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def _type_name(call: Call) -> str:
+    """The hook type's settings name (``pre``... ``response``, ``event``)."""
+    return _HOOK_NAMES.get(call.hook_type, "pre") if call.kind == FrameKind.DISPATCH else "event"
 
 
 def run_front(settings: Settings, spec: FrontSpec) -> int:

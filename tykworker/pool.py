@@ -13,6 +13,11 @@ Invariants:
 * A new generation replaces the old one only when all its slots are READY (so calls are
   never routed to code that has not imported); if one of its processes fails to import
   (exit code 3), the reload is abandoned and the old generation keeps serving.
+* Generation numbers are never reused (an abandoned generation's leftovers stay
+  recognisable). A reload requested while one is in progress is never dropped: it is
+  coalesced into one more reload that starts when the current one ends, so the code and
+  configuration of the *last* SIGHUP always end up serving; ``reload_outcome`` is set only
+  when no reload is left to do (a storm of N SIGHUPs reports once).
 * Abnormal exits of current-generation workers respawn with exponential backoff per slot
   (0.1 s doubling to 30 s); a process alive for more than ``STABLE_AFTER`` seconds resets
   its slot's backoff. A crash loop never stops the supervisor: it reports ``degraded``.
@@ -96,6 +101,8 @@ class Pool:
     graceful_timeout: float
     generation: int = 1
     pending_generation: int | None = None  # reload in progress
+    newest_generation: int = 1  # highest generation number ever started
+    reload_queued: bool = False  # a SIGHUP arrived during the reload in progress
     phase: Phase = Phase.BOOT
     procs: dict[int, Proc] = field(default_factory=dict)
     failures: dict[tuple[int, int], int] = field(default_factory=dict)  # (gen, slot)
@@ -150,9 +157,12 @@ class Pool:
         self.restarts += 1
 
     def reload(self) -> None:
-        if self.phase is Phase.STOPPING or self.pending_generation is not None:
+        if self.phase is Phase.STOPPING:
             return
-        self.pending_generation = self.generation + 1
+        if self.pending_generation is not None:
+            self.reload_queued = True  # coalesced: starts when the current one ends
+            return
+        self._begin_reload()
 
     def stop(self, graceful: bool) -> None:
         self.phase = Phase.STOPPING
@@ -169,9 +179,12 @@ class Pool:
         if self._front() is None and self._may_spawn((0, 0), now):
             actions.append(SpawnFront())
         actions += self._fill(self.generation, now)
-        if self.pending_generation is not None:
-            actions += self._fill(self.pending_generation, now)
+        pending = self.pending_generation
+        if pending is not None:
+            actions += self._fill(pending, now)
             actions += self._maybe_switch(now)
+            if self.pending_generation not in (None, pending):  # a queued reload began
+                actions += self._fill(self.pending_generation, now)
         if self.abandoned:
             actions += self._retire(lambda p: p.generation in self.abandoned, now, "reload failed")
         actions += self._retire_surplus(now)
@@ -228,8 +241,8 @@ class Pool:
         if new is None or self.ready_count(new) < self.target:
             return []
         old, self.generation, self.pending_generation = self.generation, new, None
-        self.reload_outcome = "ready"
         self.events.append(f"generation {new} ready, retiring generation {old}")
+        self._end_reload("ready")
         return self._retire(lambda p: p.generation == old, now, "replaced by a reload")
 
     def _retire_surplus(self, now: float) -> list[PoolAction]:
@@ -277,7 +290,23 @@ class Pool:
         if self.pending_generation is not None:
             self.abandoned.add(self.pending_generation)
         self.pending_generation = None
-        self.reload_outcome = "failed"
+        self._end_reload("failed")
+
+    def _begin_reload(self) -> None:
+        self.reload_queued = False
+        self.newest_generation = max(self.newest_generation, self.generation) + 1
+        self.pending_generation = self.newest_generation
+
+    def _end_reload(self, outcome: str) -> None:
+        if self.reload_queued and self.phase is not Phase.STOPPING:
+            self.events.append(
+                f"reload {outcome}, but another was requested meanwhile: "
+                f"starting generation {max(self.newest_generation, self.generation) + 1}"
+            )
+            self._begin_reload()
+        else:
+            self.reload_queued = False
+            self.reload_outcome = outcome
 
     def _plan_stop(self, now: float) -> list[PoolAction]:
         actions: list[PoolAction] = []

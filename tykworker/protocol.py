@@ -54,7 +54,7 @@ class FrameKind(enum.IntEnum):
     ERROR = 4  # payload: UTF-8 text; raw socket only, for frames that cannot be served
     HELLO = 10  # worker -> front: msgpack {pid, generation, index}; worker is READY
     DRAIN = 11  # worker -> front: send me no more calls, close when my call is done
-    CONTROL = 12  # supervisor <-> front, worker -> supervisor: msgpack map
+    CONTROL = 12  # msgpack map: status pipe to the supervisor; worker -> front "failed"
 
 
 @dataclass(frozen=True, slots=True)

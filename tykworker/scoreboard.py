@@ -7,8 +7,8 @@ then ``MAX_SLOTS`` fixed-size worker slots.
 Single-writer rule (so no locks are needed):
 * header "supervisor" fields (pid, generation, target, restarts, degraded, started_at):
   written only by the supervisor;
-* header "front" fields (queue depth, call/timeout/crash/overload counters): written only by
-  the front;
+* header "front" fields (queue depth, call/timeout/crash/overload counters, ``errors`` =
+  plugin errors the workers reported): written only by the front;
 * slot *i*: cleared and assigned by the supervisor before it forks the worker that owns it,
   then written only by that worker until it exits; the supervisor clears it after reaping.
 Readers may see a record mid-update; every slot carries a sequence number that the writer

@@ -1,4 +1,10 @@
-"""``tykworker status``: read the scoreboard of a running server and render it."""
+"""``tykworker status``: read the scoreboard of a running server and render it.
+
+Read-only: maps the scoreboard without write access, so it can run as any user who can
+read the runtime directory, as often as wanted, without disturbing the server. Counters
+(calls, timeouts, crashes, overloads, plugin errors) are the front's since it started;
+restarts and reloads are the supervisor's since the server started.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ def render_status(settings: Settings, as_json: bool = False) -> str:
         f"generation {header.generation}, {'DEGRADED' if header.degraded else 'ok'}",
         f"workers target {header.target_workers}; queue {header.queue_depth}; calls "
         f"{header.calls}; timeouts {header.timeouts}; crashes {header.crashes}; "
-        f"overloads {header.overloads}; restarts {header.restarts}",
+        f"overloads {header.overloads}; plugin errors {header.errors}; "
+        f"restarts {header.restarts}; reloads {header.reloads} "
+        f"({header.reload_failures} failed)",
         f"{'PID':>8} {'GEN':>4} {'STATE':<9} {'CALLS':>8} {'RSS MiB':>8}  CURRENT",
     ]
     for s in slots:

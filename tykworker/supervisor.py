@@ -16,7 +16,6 @@ CHLD = reap.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import selectors
@@ -30,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+import psutil
+
 from . import ipc, proctitle, systemd
 from .config import Settings, parse_address
 from .errors import ConfigError, ExitCode, ProtocolError
@@ -40,8 +41,6 @@ from .store import STORE_FILENAME, SQLiteStore
 
 log = logging.getLogger("tykworker.supervisor")
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 _HANDLED = (
     signal.SIGHUP,
     signal.SIGTERM,
@@ -62,6 +61,7 @@ class Supervisor:
         self.signals: deque[int] = deque()
         self.index_of: dict[int, int] = {}  # pid -> scoreboard slot
         self.settings_of: dict[int, Settings] = {1: settings}  # generation -> settings
+        self.latest = settings  # settings read by the last SIGHUP
         self.notifier = systemd.Notifier()
         self.last_status = ""
         self.announced = False
@@ -71,11 +71,13 @@ class Supervisor:
 
     # --- set-up ---------------------------------------------------------------------
     def _prepare(self) -> None:
-        kind, address = parse_address(self.settings.socket)
-        if kind == "unix":
-            ipc.claim_unix_path(address)  # refuse before forking anything
+        self._claim_public_sockets()  # refuse before forking anything
         _become_subreaper()
         self.runtime_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # Private even when it already existed (e.g. a 0755 RuntimeDirectory=): the store
+        # in it holds plugin data, created with the usual 0644.
+        os.chmod(self.runtime_dir, 0o750)
+        self.identity = identity = self._worker_identity()
         self.board = Scoreboard.create(self.runtime_dir / "scoreboard")
         if not self.settings.redis_url:
             store = SQLiteStore(self.runtime_dir / STORE_FILENAME)
@@ -85,6 +87,8 @@ class Supervisor:
         (self.runtime_dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
         self.bridge_path = self.runtime_dir / "bridge.sock"
         self.bridge = ipc.bind_unix_listener(self.bridge_path, 0o600)
+        if identity is not None:
+            self._share_runtime_dir(*identity[:2])
         self.status_r, self.status_w = os.pipe()
         os.set_blocking(self.status_r, False)
         self.wake_r, self.wake_w = socket.socketpair()
@@ -97,6 +101,50 @@ class Supervisor:
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         self.selector.register(self.status_r, selectors.EVENT_READ)
         self.status_decoder = FrameDecoder(ipc.PIPE_BUF)
+
+    def _claim_public_sockets(self) -> None:
+        """The front binds the public sockets; what would make it fail is refused here,
+        with exit code 2, instead of crash-looping the front: a path holding a non-socket,
+        a live server, a group the socket cannot be given."""
+        kind, address = parse_address(self.settings.socket)
+        paths = [address] if kind == "unix" else []
+        paths += [self.settings.raw_socket] if self.settings.raw_socket else []
+        for path in paths:
+            ipc.claim_unix_path(path)
+        try:
+            gid = self.settings.socket_gid()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        mine = {os.getegid(), *os.getgroups()}
+        if paths and gid is not None and os.geteuid() != 0 and gid not in mine:
+            raise ConfigError(f"socket_group {self.settings.socket_group!r}: not a member")
+
+    def _worker_identity(self) -> tuple[int, int, tuple[int, ...]] | None:
+        """Who workers run as (``user``/``group``); refuses what cannot work before
+        forking anything."""
+        try:
+            identity = self.settings.worker_identity()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if identity is None or os.geteuid() == 0:
+            return identity
+        if identity[:2] == (os.getuid(), os.getgid()):
+            return None  # already those ids: nothing to drop
+        raise ConfigError(
+            f"user/group settings need the server to start as root (running as uid "
+            f"{os.geteuid()}); drop them or start as root"
+        )
+
+    def _share_runtime_dir(self, uid: int, gid: int) -> None:
+        """Let workers that dropped privileges keep their embedded store in the runtime
+        directory, and nothing else: root-owned, group = the workers' group, sticky (they
+        create files, but cannot remove or replace the bridge socket, the scoreboard or
+        the pid file). The scoreboard and the bridge connection are opened before the
+        drop; store files left by an earlier run as another user become the workers'."""
+        os.chown(self.runtime_dir, 0, gid)
+        os.chmod(self.runtime_dir, 0o1770)
+        for path in self.runtime_dir.glob(STORE_FILENAME + "*"):
+            os.chown(path, uid, gid, follow_symlinks=False)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)
@@ -153,13 +201,15 @@ class Supervisor:
 
     # --- events ---------------------------------------------------------------------
     def _reap(self) -> None:
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped = True
             code = os.waitstatus_to_exitcode(status)
             proc = self.pool.procs.get(pid)
             if proc is None:
@@ -175,6 +225,20 @@ class Supervisor:
                 # Nobody will accept bridge connections any more: reset those waiting in
                 # the backlog so their workers see EOF and exit now.
                 self.bridge.close()
+        if reaped:
+            self._kill_strays()
+
+    def _kill_strays(self) -> None:
+        """Kill every child we did not fork. As the subreaper we inherit what a plugin
+        left when its worker exited: what stayed in the worker's process group died
+        with it (``killpg`` above), this catches what left the group (``setsid``). Their
+        own children are reparented to us in turn and caught at the next reap."""
+        for child in _children():
+            if child.pid in self.pool.procs:
+                continue
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                log.warning("killing pid %d (%s), left behind by a plugin", child.pid, child.name())
+                os.kill(child.pid, signal.SIGKILL)
 
     def _log_exit(self, pid: int, code: int, state: ProcState | None) -> None:
         what = "front" if pid == self.front_pid else "worker"
@@ -229,10 +293,10 @@ class Supervisor:
         except ConfigError as exc:
             log.error("reload: invalid configuration, keeping the current one: %s", exc)
             new = self.settings
-        self.pool.reload()
-        if self.pool.pending_generation is not None:
-            self.settings_of[self.pool.pending_generation] = new
+        self.latest = new  # what the next generation to start runs with
+        if self.pool.phase is not Phase.STOPPING:
             self.pool.target = new.workers
+        self.pool.reload()
 
     def _stop(self, graceful: bool) -> None:
         log.info("%s stop requested", "graceful" if graceful else "fast")
@@ -271,7 +335,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             self.selector.close()
             os.close(self.status_r)
-            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # supervisor gone -> drain and exit
+            ipc.prctl(ipc.PR_SET_PDEATHSIG, signal.SIGTERM)  # supervisor gone -> drain, exit
             code = child()
         except BaseException:
             traceback.print_exc()
@@ -285,8 +349,17 @@ class Supervisor:
 
         taken = set(self.index_of.values())
         index = self.board.free_index(taken)
-        settings = self.settings_of.get(generation, self.settings)
-        spec = WorkerSpec(generation, slot, index, self.bridge_path, self.status_w, self.board.path)
+        # A generation runs with the settings read by the last SIGHUP before it started.
+        settings = self.settings_of.setdefault(generation, self.latest)
+        spec = WorkerSpec(
+            generation,
+            slot,
+            index,
+            self.bridge_path,
+            self.status_w,
+            self.board.path,
+            self.identity,
+        )
 
         def child() -> int:
             os.setpgid(0, 0)  # own group: what its plugins spawn dies with it
@@ -361,16 +434,17 @@ class Supervisor:
             Path(address).unlink(missing_ok=True)
 
 
-def _prctl(option: int, value: int) -> None:
+def _children() -> list[psutil.Process]:
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-    except (OSError, AttributeError):
-        log.debug("prctl(%d) unavailable", option)
+        return psutil.Process().children()
+    except psutil.Error:
+        return []
 
 
 def _become_subreaper() -> None:
     """Orphans of plugin subprocesses get reparented to us, so we reap them (no zombies)."""
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if not ipc.prctl(ipc.PR_SET_CHILD_SUBREAPER, 1):
+        log.debug("prctl(PR_SET_CHILD_SUBREAPER) unavailable")
 
 
 def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:

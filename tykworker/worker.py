@@ -2,16 +2,22 @@
 
 Life of a worker (forked by the supervisor, never returns into supervisor code):
 1. reset signals, enable ``faulthandler`` (SIGABRT from the supervisor dumps every
-   thread's stack to stderr, even when stuck in C code holding the GIL);
+   thread's stack to stderr, even when stuck in C code holding the GIL); connect to the
+   bridge, then, if configured (``user``/``group``, started as root), drop privileges for
+   good: no plugin code ever runs with the supervisor's credentials;
 2. import plugins (``plugins.load_runtime``); failure -> traceback logged, exit code 3;
-3. connect to the bridge, send HELLO, report ``ready`` to the supervisor;
+3. send HELLO on the bridge, report ``ready`` to the supervisor;
 4. loop: read a frame, run the hook, write the REPLY frame with the same call id;
 5. leave gracefully on SIGTERM, after ``max_requests`` calls or above ``max_rss_mb``:
    send DRAIN, keep serving whatever the front already sent, exit 0 when the front closes
    the connection. SIGQUIT/SIGINT exit at once. Bridge EOF or a new parent pid -> exit.
 
 Invariant: one call at a time; every DISPATCH/EVENT frame received gets exactly one REPLY
-(the runtime never raises for plugin errors).
+(the runtime never raises for plugin errors). A call the plugin failed (hook raised, no such
+hook, bad payload) is announced by a CONTROL frame ``{"op": "failed", "reason": code}``
+with the same call id right before its REPLY, so the front can count plugin errors without
+parsing the Object. ``logs.active_call`` names the call in progress (log fields, slow-call
+log with ``slow_call_threshold``).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Protocol
 import msgpack
 import psutil
 
-from . import ipc, proctitle
+from . import ipc, logs, proctitle
 from .config import Settings
 from .errors import ExitCode, PluginLoadError, ProtocolError
 from .protocol import FrameDecoder, FrameKind, encode_frame, encode_header, peek_object_header
@@ -53,6 +59,8 @@ class WorkerSpec:
     bridge_path: Path
     status_fd: int
     scoreboard_path: Path
+    # (uid, gid, groups) to switch to before importing plugins; None: keep the parent's
+    identity: tuple[int, int, tuple[int, ...]] | None = None
 
 
 class _Signals:
@@ -98,10 +106,26 @@ class Worker:
     def run(self) -> int:
         signals = _Signals()
         faulthandler.enable(file=sys.stderr, all_threads=True)
+        logs.bind_process(worker_pid=self.pid, generation=self.spec.generation)
         self._set_state(SlotState.STARTING)
         try:
-            from .plugins import load_runtime
+            # Connect before dropping privileges: the bridge socket is root's alone.
+            bridge = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bridge.connect(str(self.spec.bridge_path))
+        except OSError as exc:
+            log.error("cannot connect to the front at %s: %s", self.spec.bridge_path, exc)
+            return ExitCode.ERROR
+        # tykworker's own modules are imported with the parent's credentials (they may
+        # live where the workers' user cannot read), plugins only after the drop.
+        from .plugins import load_runtime
 
+        if self.spec.identity is not None:
+            try:
+                ipc.drop_privileges(*self.spec.identity, death_signal=signal.SIGTERM)
+            except OSError as exc:
+                log.error("cannot switch to uid/gid %s: %s", self.spec.identity[:2], exc)
+                return ExitCode.ERROR
+        try:
             runtime = load_runtime(self.settings)
         except PluginLoadError as exc:
             log.error("plugins failed to import (generation %d): %s", self.spec.generation, exc)
@@ -109,17 +133,13 @@ class Worker:
         except Exception:
             log.error("plugins failed to import:\n%s", traceback.format_exc())
             return ExitCode.PLUGIN_LOAD_ERROR
-        try:
-            bridge = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            bridge.connect(str(self.spec.bridge_path))
-        except OSError as exc:
-            log.error("cannot connect to the front at %s: %s", self.spec.bridge_path, exc)
-            return ExitCode.ERROR
         hello = {"pid": self.pid, "generation": self.spec.generation, "index": self.spec.index}
         bridge.sendall(encode_frame(FrameKind.HELLO, 0, msgpack.packb(hello)))
         ipc.report(self.spec.status_fd, "ready", generation=self.spec.generation)
         self._set_state(SlotState.IDLE)
         proctitle.set(f"{self.label} idle")
+        if self.settings.slow_call_threshold > 0:
+            logs.SlowCallLog(self.settings.slow_call_threshold).start()
         try:
             return self._serve(bridge, runtime, signals)
         finally:
@@ -163,17 +183,24 @@ class Worker:
     ) -> None:
         if kind == FrameKind.DISPATCH:
             hook = peek_object_header(payload)[1]
+            logs.begin_call(call_id, hook)
             self._set_state(SlotState.BUSY, call_id, hook)
             proctitle.set(f"{self.label} running {hook or '?'}")
             reply = runtime.dispatch(payload)
         elif kind == FrameKind.EVENT:
+            logs.begin_call(call_id, "event")
             self._set_state(SlotState.BUSY, call_id, "event")
             proctitle.set(f"{self.label} running event")
             reply = runtime.dispatch_event(payload)
         else:
             log.warning("unexpected %s frame on the bridge", kind)
             return
-        bridge.sendall(encode_header(FrameKind.REPLY, call_id, len(reply)) + reply)
+        logs.end_call()
+        frames = encode_header(FrameKind.REPLY, call_id, len(reply)) + reply
+        if logs.active_call.failure:  # tell the front before the reply (its metrics)
+            failed = msgpack.packb({"op": "failed", "reason": logs.active_call.failure})
+            frames = encode_frame(FrameKind.CONTROL, call_id, failed) + frames
+        bridge.sendall(frames)
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
         proctitle.set(f"{self.label} {'draining' if self.draining else 'idle'}")

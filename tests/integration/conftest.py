@@ -3,6 +3,8 @@
 * Each server gets a short temporary directory (AF_UNIX paths are limited to 108 bytes).
 * Readiness is read from a real sd_notify datagram socket (NOTIFY_SOCKET): no sleeps, no
   polling of the socket path.
+* ``TYKWORKER_TEST_FRONT=native|grpcio`` runs every server with that front (default: the
+  default front).
 * Teardown sends SIGTERM to the process group, waits, then SIGKILLs whatever is left, and
   fails the test if a tykworker process survives.
 """
@@ -33,6 +35,9 @@ PLUGINS = HERE / "plugins"
 EVENTS = HERE / "events"
 ROOT = HERE.parent.parent
 HOOK_TYPES = {"pre": 1, "post": 2, "post_key_auth": 3, "auth": 4, "response": 5}
+
+#: The front under test (``--front``); empty = tykworker's default front.
+FRONT = os.environ.get("TYKWORKER_TEST_FRONT", "")
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +106,8 @@ class Server:
         self.messages: list[str] = []
         env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify_path}
         env.pop("TYKWORKER_CONFIG", None)
+        if FRONT:  # run the whole suite against one front: TYKWORKER_TEST_FRONT=native|grpcio
+            env.setdefault("TYKWORKER_FRONT", FRONT)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "tykworker", "serve", "--socket", self.socket, *args]
         self.proc = subprocess.Popen(

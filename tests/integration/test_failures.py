@@ -6,9 +6,10 @@ import os
 import signal
 import threading
 
+import grpc
 import pytest
 
-from .conftest import wait_for
+from .conftest import make_object, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +104,18 @@ def _cmdline(pid: int) -> list[str]:
             return fh.read().decode().split("\0")
     except OSError:
         return []
+
+
+def test_worker_stuck_on_a_call_the_client_abandoned_is_still_replaced(start_server):
+    server = start_server("--workers", "1", "--hook-timeout", "1.5")
+    (stuck,) = server.worker_pids()
+    payload = make_object("Sleep", headers={"Sleep": "60"}).SerializeToString()
+    method = server.channel.unary_unary("/coprocess.Dispatcher/Dispatch")
+    future = method.future(payload)  # no deadline, like the gateway
+    wait_for(lambda: "running Sleep" in " ".join(_cmdline(stuck)), what="worker busy")
+    future.cancel()  # the gateway's client went away
+    with pytest.raises(grpc.FutureCancelledError):
+        future.result()
+    wait_for(lambda: server.worker_pids() and stuck not in server.worker_pids(), what="replace")
+    assert f"worker pid {stuck} stuck on call" in server.log()
+    assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"

@@ -12,7 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.tyk_objects import (
+from tykworker import answers
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker.config import Settings
+from tykworker.objects import (
     AUTH,
     POST,
     POST_KEY_AUTH,
@@ -22,9 +25,6 @@ from tests.unit.tyk_objects import (
     gateway_object,
     parse,
 )
-from tykworker import answers
-from tykworker._proto import coprocess_object_pb2 as object_pb2
-from tykworker.config import Settings
 from tykworker.plugins import Runtime, load_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "plugins"

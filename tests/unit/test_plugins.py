@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.tyk_objects import AUTH, POST, PRE, RESPONSE, bundle_hash, gateway_object, parse
 from tykworker import answers
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.config import Settings
 from tykworker.errors import PluginLoadError
+from tykworker.objects import AUTH, POST, PRE, RESPONSE, bundle_hash, gateway_object, parse
 from tykworker.plugins import Runtime, bundle_entry, load_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"

@@ -143,3 +143,77 @@ def test_resize():
     assert pool.plan(2) == [Signal(500, signal.SIGTERM, "pool shrunk")]
     pool.resize(-5)
     assert pool.target == 1
+
+
+def _start_generation(pool: Pool, generation: int, now: float, first_pid: int) -> list[int]:
+    """Plan, spawn and ready every slot of ``generation``; return the new pids."""
+    spawns = [a for a in pool.plan(now) if isinstance(a, SpawnWorker)]
+    assert spawns == [SpawnWorker(s, generation) for s in range(pool.target)]
+    pids = [first_pid + s for s in range(pool.target)]
+    for slot, pid in enumerate(pids):
+        pool.spawned(pid, generation, slot, now)
+    return pids
+
+
+def test_sighup_during_a_reload_is_coalesced_not_dropped():
+    pool, old = boot(2)
+    pool.reload()
+    gen2 = _start_generation(pool, 2, 1, 400)
+    for _ in range(9):  # the rest of a storm: one more reload, not nine, and none lost
+        pool.reload()
+    for pid in gen2:
+        pool.ready(pid)
+    actions = pool.plan(2)
+    # Generation 2 takes over (it is ready) and generation 3 starts at once.
+    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == old
+    assert [a for a in actions if isinstance(a, SpawnWorker)] == [
+        SpawnWorker(0, 3),
+        SpawnWorker(1, 3),
+    ]
+    assert pool.generation == 2 and pool.pending_generation == 3
+    assert pool.reload_outcome is None  # not finished: `tykworker reload` keeps waiting
+    for slot, pid in enumerate((500, 501)):
+        pool.spawned(pid, 3, slot, 2)
+        pool.ready(pid)
+    actions = pool.plan(3)
+    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == gen2
+    assert pool.generation == 3 and pool.pending_generation is None
+    assert pool.reload_outcome == "ready" and not pool.reload_queued
+
+
+def test_failed_reload_then_a_good_one_uses_a_new_generation_number():
+    pool, old = boot(2)
+    pool.reload()
+    failed = _start_generation(pool, 2, 1, 400)
+    pool.exited(failed[0], 3, 1.5)
+    assert pool.reload_outcome == "failed"
+    pool.reload_outcome = None
+    assert pool.plan(1.5) == [Signal(failed[1], signal.SIGTERM, "reload failed")]
+    pool.reload()  # the plugin was fixed
+    fixed = _start_generation(pool, 3, 2, 500)
+    for pid in fixed:
+        pool.ready(pid)
+    actions = pool.plan(3)
+    # The new generation is not mistaken for the abandoned one: nothing of it retires.
+    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == old
+    assert pool.generation == 3 and pool.reload_outcome == "ready"
+
+
+def test_reload_queued_behind_a_failing_one_still_runs():
+    pool, _old = boot(1)
+    pool.reload()
+    (bad,) = _start_generation(pool, 2, 1, 400)
+    pool.reload()
+    pool.exited(bad, 3, 1.5)
+    assert pool.reload_outcome is None and pool.pending_generation == 3
+    (good,) = _start_generation(pool, 3, 1.5, 500)
+    pool.ready(good)
+    pool.plan(2)
+    assert pool.generation == 3 and pool.reload_outcome == "ready"
+
+
+def test_reload_is_ignored_once_stopping():
+    pool, _ = boot(1)
+    pool.stop(graceful=True)
+    pool.reload()
+    assert pool.pending_generation is None and not pool.reload_queued

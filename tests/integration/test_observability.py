@@ -1,0 +1,339 @@
+"""Operator tools against the real server: call, status, metrics, health, logs, slow log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import PLUGINS, Server, wait_for
+
+pytestmark = pytest.mark.integration
+
+SERVING, NOT_SERVING = b"\x08\x01", b"\x08\x02"
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+# --- helpers ------------------------------------------------------------------------
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``tykworker ARGS --socket <the server's>`` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "tykworker", *args, "--socket", server.socket],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=server.workdir,
+        check=False,
+    )
+
+
+def status(server: Server) -> dict[str, Any]:
+    done = cli(server, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def parse_samples(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def scrape_unix(path: Path) -> Samples:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: tykworker\r\n\r\n")
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK"), head
+    return parse_samples(body.decode())
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
+
+
+def check(server: Server, service: str = "") -> bytes | grpc.StatusCode:
+    """Health Check: the encoded response, or the gRPC error code."""
+    method = server.channel.unary_unary("/grpc.health.v1.Health/Check")
+    raw = service.encode()
+    try:
+        return method(b"\x0a" + bytes([len(raw)]) + raw if raw else b"", timeout=10)  # type: ignore[no-any-return]
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+
+
+class Watch:
+    """A Health/Watch stream read by a thread; ``seen`` is every status received."""
+
+    def __init__(self, server: Server) -> None:
+        self.seen: list[bytes] = []
+        self.ended: grpc.StatusCode | None = None
+        self.done = threading.Event()
+        self.stream = server.channel.unary_stream("/grpc.health.v1.Health/Watch")(b"", timeout=120)
+        self.thread = threading.Thread(target=self._read)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for message in self.stream:
+                self.seen.append(message)
+            self.ended = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            self.ended = exc.code()
+        finally:
+            self.done.set()
+
+    def close(self) -> None:
+        self.stream.cancel()
+        self.thread.join(10)
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("r", fn()))
+    thread.start()
+    return thread, result
+
+
+def json_lines(server: Server) -> list[dict[str, Any]]:
+    out = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+# --- tykworker call -----------------------------------------------------------------
+def test_call_prints_the_reply_object(start_server, workdir):
+    server = start_server("--workers", "1")
+    done = cli(
+        server, "call", "Echo", "--header", "x-test: 1", "--body", "hi", "--spec", "APIID=demo"
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["hook_name"] == "Echo" and doc["hook_type"] == "Pre"
+    assert doc["request"]["set_headers"]["X-Version"] == "1"
+    assert doc["request"]["headers"]["X-Test"] == "1"
+    assert doc["request"]["raw_body"] == "hi"  # bytes shown as text
+    assert doc["spec"]["APIID"] == "demo"
+
+    failed = cli(server, "call", "Raise")
+    assert failed.returncode == 0
+    overrides = json.loads(failed.stdout)["request"]["return_overrides"]
+    assert overrides["response_code"] == 500
+    assert "answered by tykworker: hook_error" in failed.stderr
+
+    response = cli(server, "call", "AddResponseHeader", "--type", "response")
+    assert json.loads(response.stdout)["response"]["headers"]["X-Added"] == "yes"
+
+    event = cli(server, "call", "RecordEvent", "--event", '{"Type": "AuthFailure"}')
+    assert (event.returncode, json.loads(event.stdout)) == (0, {})
+
+
+def test_call_exits_non_zero_on_grpc_errors(workdir):
+    nobody = Server.__new__(Server)
+    nobody.socket, nobody.workdir = str(workdir / "nobody.sock"), workdir
+    done = cli(nobody, "call", "Echo", "--timeout", "5")
+    assert done.returncode == 1
+    assert "UNAVAILABLE" in done.stderr or "DEADLINE_EXCEEDED" in done.stderr
+
+
+# --- metrics ------------------------------------------------------------------------
+def test_metrics_count_calls_answers_and_restarts_across_worker_churn(start_server, workdir):
+    path = workdir / "metrics.sock"
+    server = start_server(
+        "--workers", "2", "--metrics", str(path), "--hook-timeout-for", "post=0.5"
+    )  # fmt: skip
+    first = wait_for(lambda: (s := scrape_unix(path)) and value(s, "tykworker_serving") and s)
+    assert value(first, "tykworker_workers", state="idle") == 2
+    for _ in range(5):
+        server.dispatch("Echo")
+    for _ in range(2):
+        server.dispatch("Raise")
+    server.dispatch("NoSuchHook")
+    before = scrape_unix(path)
+    server.dispatch("Sleep", hook_type="post", headers={"Sleep": "30"})  # timeout: killed
+    server.dispatch("Exit")  # crash
+    after = wait_for(
+        lambda: (
+            (s := scrape_unix(path))
+            and value(s, "tykworker_worker_restarts_total") >= 2
+            and value(s, "tykworker_workers", state="idle") == 2
+            and s
+        ),
+        what="both workers replaced",
+    )
+    assert value(after, "tykworker_calls_total", hook="Echo", type="pre") == 5
+    assert value(after, "tykworker_call_duration_seconds_count", hook="Echo", type="pre") == 5
+    answers = "tykworker_answers_total"
+    assert value(after, answers, hook="Raise", type="pre", reason="hook_error") == 2
+    assert value(after, answers, hook="NoSuchHook", type="pre", reason="no_hook") == 1
+    assert value(after, answers, hook="Sleep", type="post", reason="timeout") == 1
+    assert value(after, answers, hook="Exit", type="pre", reason="crash") == 1
+    assert value(after, "tykworker_queue_wait_seconds_count") == 10
+    assert value(after, "tykworker_generation") == 1
+    # Counters and histograms never go backwards, whatever workers came and went.
+    for name, series in before.items():
+        if name.endswith(("_total", "_count", "_sum", "_bucket")):
+            for labels, old in series.items():
+                assert after[name][labels] >= old, (name, labels)
+    log = status(server)["server"]
+    assert (log["errors"], log["timeouts"], log["crashes"]) == (3, 1, 1)
+
+
+def test_metrics_over_tcp_and_a_bad_path(start_server):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = start_server("--workers", "1", "--metrics", f"127.0.0.1:{port}")
+    server.dispatch("Echo")
+    url = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as reply:
+        samples = parse_samples(reply.read().decode())
+    assert value(samples, "tykworker_calls_total", hook="Echo", type="pre") == 1
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url + "/nope", timeout=10)
+    info.value.close()
+    assert info.value.code == 404
+
+
+# --- status -------------------------------------------------------------------------
+def test_status_under_load_and_after_a_worker_kill(start_server):
+    server = start_server("--workers", "2")
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            server.dispatch("Sleep", headers={"Sleep": "1.5"})
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+
+        def both_busy() -> list[dict[str, Any]] | None:
+            busy = [w for w in status(server)["workers"] if w["state"] == "busy"]
+            return busy if len(busy) == 2 else None
+
+        busy = wait_for(both_busy, what="both workers busy")
+        assert {w["hook"] for w in busy} == {"Sleep"} and all(w["call_id"] for w in busy)
+        text = cli(server, "status").stdout
+        assert "busy" in text and "Sleep for" in text
+        victim = busy[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        doc = wait_for(
+            lambda: (
+                (d := status(server))
+                and victim not in {w["pid"] for w in d["workers"]}
+                and len(d["workers"]) == 2
+                and d["server"]["restarts"] >= 1
+                and not d["server"]["degraded"]  # until the new worker has imported
+                and d
+            ),
+            what="victim replaced",
+        )
+        assert doc["server"]["crashes"] >= 1  # the call it held got the crash answer
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+
+# --- logs ---------------------------------------------------------------------------
+def test_slow_call_log_names_the_call_and_shows_the_stack(start_server):
+    server = start_server(
+        "--workers", "1", "--slow-call-threshold", "0.3", "--log-format", "json"
+    )  # fmt: skip
+    (pid,) = server.worker_pids()
+    reply = server.dispatch("Sleep", headers={"Sleep": "1"})
+    assert reply.request.set_headers["X-Worker-Pid"] == str(pid)  # answered, not killed
+    server.dispatch("Echo")  # fast: no slow record
+    (record,) = [r for r in json_lines(server) if r["logger"] == "tykworker.slow"]
+    assert (record["hook"], record["api_id"]) == ("Sleep", "api1")
+    assert (record["worker_pid"], record["generation"]) == (pid, 1)
+    assert isinstance(record["call_id"], int) and record["elapsed"] >= 0.3
+    assert "in Sleep" in record["msg"] and "time.sleep" in record["msg"]
+    assert server.worker_pids() == {pid}
+
+
+def test_call_path_lines_carry_call_id_hook_api_pid_and_generation(start_server):
+    server = start_server("--workers", "1", "--log-format", "json", "--hook-timeout", "1")
+    (pid,) = server.worker_pids()
+    server.dispatch("Raise", spec={"APIID": "my-api", "OrgID": "o", "bundle_hash": ""})
+    server.dispatch("Sleep", headers={"Sleep": "30"})  # timeout, answered by the front
+    records = wait_for(
+        lambda: (r := json_lines(server)) and any(x.get("reason") == "timeout" for x in r) and r
+    )
+    (failed,) = [r for r in records if r["msg"].startswith("hook failed")]
+    assert (failed["hook"], failed["api_id"]) == ("Raise", "my-api")
+    assert (failed["worker_pid"], failed["generation"]) == (pid, 1)
+    (timeout,) = [r for r in records if r.get("reason") == "timeout"]
+    assert timeout["hook"] == "Sleep" and timeout["call_id"] == failed["call_id"] + 1
+    assert (timeout["worker_pid"], timeout["generation"]) == (pid, 1)
+
+
+# --- health -------------------------------------------------------------------------
+GATE = '''"""Holds the plugin import until the test creates the gate file."""
+import os
+import time
+
+_gate = os.environ.get("TW_TEST_GATE", "")
+while _gate and not os.path.exists(_gate):
+    time.sleep(0.01)
+'''
+
+
+def test_health_through_start_reload_and_drain(start_server, workdir):
+    shutil.copytree(PLUGINS, workdir / "middleware")
+    (workdir / "middleware" / "gate.py").write_text(GATE)
+    gate = workdir / "gate"
+    server = start_server("--workers", "2", ready=False, env={"TW_TEST_GATE": str(gate)})
+    wait_for(lambda: os.path.exists(server.socket), what="socket")
+    assert check(server) == NOT_SERVING  # workers still importing
+    assert check(server, "coprocess.Dispatcher") == NOT_SERVING
+    assert check(server, "other") == grpc.StatusCode.NOT_FOUND
+    watch = Watch(server)
+    wait_for(lambda: watch.seen, what="first Watch message")
+    gate.touch()
+    server.wait_ready()
+    wait_for(lambda: check(server) == SERVING, what="SERVING")
+    wait_for(lambda: watch.seen[-1:] == [SERVING], what="Watch SERVING")
+    assert watch.seen[0] == NOT_SERVING
+
+    old = server.worker_pids()
+    server.signal(signal.SIGHUP)
+    server.wait_notify("RELOADING=1")
+    server.wait_notify("READY=1")
+    wait_for(lambda: not (server.worker_pids() & old), what="old generation gone")
+    assert check(server) == SERVING
+    assert NOT_SERVING not in watch.seen[1:]  # SERVING all through the reload
+
+    thread, result = in_thread(lambda: server.dispatch("Sleep", headers={"Sleep": "1"}))
+    wait_for(lambda: any(w["state"] == "busy" for w in status(server)["workers"]), what="busy")
+    server.signal(signal.SIGTERM)
+    assert watch.done.wait(30) and watch.ended == grpc.StatusCode.OK
+    assert watch.seen[-1] == NOT_SERVING  # told, then the stream ended
+    assert check(server) in (NOT_SERVING, grpc.StatusCode.UNAVAILABLE)
+    thread.join(30)
+    assert result["r"].request.return_overrides.response_code == -1  # drained, not failed
+    assert server.proc.wait(30) == 0
