@@ -4,7 +4,7 @@
     bench/bin/loadgen -target unix:///tmp/echo.sock -payload bench/out/payloads/trivial.bin \
         -c 16 -duration 5s -expect X-Bench
 
-Same ``NativeServer``/``H2Connection`` and one asyncio task per call as in the front, but the
+Same ``NativeServer``/``H2Connection`` and call callback as in the front, but the
 handler answers at once (the request bytes plus the ``X-Bench`` marker the load generator
 checks). It measures what HTTP/2 costs per call, without the router, bridge and workers.
 SIGTERM/SIGINT stop it.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,8 +28,10 @@ from tykworker.protocol import FrameKind
 MARKER = b"\x0a\x07X-Bench"  # appended so that `loadgen -expect X-Bench` counts the reply
 
 
-async def echo(kind: FrameKind, payload: bytes, timeout: float | None) -> bytes:
-    return payload + MARKER
+def echo(
+    kind: FrameKind, payload: bytes, timeout: float | None, respond: Callable[[bytes], None]
+) -> None:
+    respond(payload + MARKER)
 
 
 async def main(path: str) -> None:

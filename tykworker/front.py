@@ -29,27 +29,21 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, cast
 
-import grpc
 import msgpack
 
 from . import answers, ipc, proctitle
 from .answers import Reason
-from .config import HOOK_TYPES, Settings, parse_address
+from .config import HOOK_TYPES, Settings
 from .errors import ConfigError, ProtocolError
-from .h2server import NativeServer, start_native
+from .h2server import start_native
 from .health import Health, ServingStatus
-from .protocol import (
-    Frame,
-    FrameDecoder,
-    FrameKind,
-    encode_frame,
-    encode_header,
-    peek_object_header,
-)
+from .protocol import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
+from .raw_front import RawServer
 from .router import Action, Answer, Assign, Call, Close, Completed, Router, Worker
 from .scoreboard import Scoreboard
 
@@ -60,15 +54,18 @@ log = logging.getLogger("tykworker.front")
 calls_log = logging.getLogger("tykworker.calls")
 
 _HOOK_NAMES = {number: name for name, number in HOOK_TYPES.items()}
-SERVICE = "coprocess.Dispatcher"
-#: ERROR frame (call id 0) a raw client gets when the front stops: no more replies. After
-#: a graceful stop, every call the front had read was answered before it.
-RAW_GOODBYE = b"server stopping: no more replies on this connection"
+Respond = Callable[[bytes], None]
+
+
+class _Server(Protocol):
+    """What the front needs of a public server (native HTTP/2, grpcio, raw)."""
+
+    async def stop(self, grace: float) -> None: ...
 
 
 @dataclass(slots=True)
 class _Pending:
-    future: asyncio.Future[bytes]
+    respond: Respond
     timer: asyncio.TimerHandle | None = None
 
 
@@ -95,7 +92,7 @@ class Front:
         self.spec = spec
         self.router = Router(queue_limit=settings.queue_size)
         self.pending: dict[int, _Pending] = {}
-        self.writers: dict[int, asyncio.StreamWriter] = {}
+        self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
         self.members: dict[int, Worker] = {}  # bridge connection -> worker (for logs)
         self.ids = itertools.count(1)
         self.conn_ids = itertools.count(1)
@@ -104,41 +101,46 @@ class Front:
         self.stopping = asyncio.Event()
         self.fast = False
         self.unix_paths: list[str] = []
-        self.raw_calls: set[asyncio.Task[None]] = set()  # answered before the front exits
-        self.raw_writers: set[asyncio.StreamWriter] = set()  # told when the front stops
         self.health = Health(self.is_serving)
         self.stats: CallStats | None = None  # set when the metrics endpoint is on
 
     # --- calls ----------------------------------------------------------------------
-    async def call(
-        self, kind: FrameKind, payload: bytes, deadline: float | None = None
-    ) -> bytes:
-        """Route one call and wait for its single answer. ``deadline``: the client's own,
-        in seconds from now (``grpc-timeout``); the shorter of it and the hook type's wins."""
+    def submit(
+        self, kind: FrameKind, payload: bytes, deadline: float | None, respond: Respond
+    ) -> None:
+        """Route one call; ``respond`` is called exactly once with its answer, perhaps
+        before this returns (overload). ``deadline``: the client's own, in seconds from now
+        (``grpc-timeout``); the shorter of it and the hook type's wins.
+
+        The deadline timer stays armed until the router is done with the call, even if the
+        client goes away: a worker hanging on it must still be detected and killed."""
         if kind == FrameKind.DISPATCH:
             hook_type, hook_name = peek_object_header(payload)
-            hook = _HOOK_NAMES.get(hook_type, "pre")
         else:
-            hook_type, hook_name, hook = 0, "", "event"
+            hook_type, hook_name = 0, ""
         call = Call(next(self.ids), kind, payload, hook_type, hook_name, time.monotonic())
-        loop = asyncio.get_running_loop()
-        pending = _Pending(loop.create_future())
+        pending = _Pending(respond)
         self.pending[call.call_id] = pending
         self.counters.calls += 1
         self._apply(self.router.submit(call))
-        if not pending.future.done():
-            limit = self.settings.timeout_for(hook)
+        if call.call_id in self.pending:  # not answered at once
+            limit = self.settings.timeout_for(_type_name(call))
             if deadline is not None:
                 limit = min(limit, deadline)
-            pending.timer = loop.call_later(limit, self._expire, call.call_id)
-        try:
-            return await pending.future
-        finally:
-            # If the client gave up (this task cancelled), the call stays routed and its
-            # timer armed: a worker hanging on it must still be detected and killed.
-            # ``_resolve`` forgets the call once the router is done with it.
-            if self.stats is not None:
-                self.stats.observe_call(hook, hook_name, time.monotonic() - call.arrived_at)
+            loop = asyncio.get_running_loop()
+            pending.timer = loop.call_at(loop.time() + limit, self._expire, call.call_id)
+
+    async def call(self, kind: FrameKind, payload: bytes, deadline: float | None = None) -> bytes:
+        """``submit`` for coroutine callers (grpcio). Cancelling the awaiting task drops
+        the answer, not the call."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def respond(reply: bytes) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.submit(kind, payload, deadline, respond)
+        return await future
 
     def _expire(self, call_id: int) -> None:
         self._apply(self.router.expire(call_id))
@@ -152,32 +154,33 @@ class Front:
             elif isinstance(action, Answer):
                 self._answer(action)
             elif isinstance(action, Close):
-                writer = self.writers.pop(action.conn_id, None)
-                if writer is not None:
-                    writer.close()
+                link = self.links.pop(action.conn_id, None)
+                if link is not None:
+                    link.close()
         self.board.write_header(queue_depth=len(self.router.queue), calls=self.counters.calls)
 
     def _send(self, conn_id: int, call: Call) -> None:
         if self.stats is not None:
             self.stats.observe_queue_wait(time.monotonic() - call.arrived_at)
-        writer = self.writers[conn_id]
+        link = self.links[conn_id]
         header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
         if len(call.payload) < 65536:  # one send() syscall per call: the front's main cost
-            writer.write(header + call.payload)
+            link.write(header + call.payload)
         else:  # large: two writes beat copying the payload
-            writer.write(header)
-            writer.write(call.payload)
+            link.writelines((header, call.payload))
 
     def _resolve(self, call: Call, reply: bytes) -> None:
-        """The router is done with ``call``: deliver its one answer (unless the client
-        already went away) and disarm its deadline."""
+        """The router is done with ``call``: deliver its one answer and disarm its
+        deadline."""
         pending = self.pending.pop(call.call_id, None)
         if pending is None:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        if not pending.future.done():
-            pending.future.set_result(reply)
+        if self.stats is not None:
+            elapsed = time.monotonic() - call.arrived_at
+            self.stats.observe_call(_type_name(call), call.hook_name, elapsed)
+        pending.respond(reply)
 
     def _answer(self, action: Answer) -> None:
         call, reason = action.call, action.reason
@@ -234,42 +237,26 @@ class Front:
         )
 
     # --- bridge (workers) -----------------------------------------------------------
-    async def on_worker(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn_id = next(self.conn_ids)
-        decoder = FrameDecoder(self.settings.max_message_bytes)
-        joined = False
-        try:
-            while data := await reader.read(1 << 20):
-                decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    if not joined:
-                        joined = self._join(conn_id, frame, writer)
-                    else:
-                        self._on_worker_frame(conn_id, frame)
-        except (ProtocolError, ConnectionError, ValueError) as exc:
-            log.error("bridge connection %d broken: %s", conn_id, exc)
-        except asyncio.CancelledError:
-            pass  # the front is shutting down
-        finally:
-            self.writers.pop(conn_id, None)
-            self._apply(self.router.leave(conn_id))
-            self.members.pop(conn_id, None)
-            self.health.notify()
-            writer.close()
-
-    def _join(self, conn_id: int, frame: Frame, writer: asyncio.StreamWriter) -> bool:
+    def worker_joined(self, conn_id: int, frame: Frame, link: asyncio.Transport) -> None:
+        """The first frame of a bridge connection: HELLO, the worker is ready."""
         if frame.kind != FrameKind.HELLO:
             raise ProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
         hello = msgpack.unpackb(frame.payload)
         worker = Worker(conn_id, int(hello["pid"]), int(hello["generation"]), int(hello["index"]))
-        self.writers[conn_id] = writer
+        self.links[conn_id] = link
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
         self._apply(self.router.join(worker))
         self.health.notify()
-        return True
 
-    def _on_worker_frame(self, conn_id: int, frame: Frame) -> None:
+    def worker_left(self, conn_id: int) -> None:
+        """The bridge connection closed: the call it held (if any) gets the crash answer."""
+        self.links.pop(conn_id, None)
+        self._apply(self.router.leave(conn_id))
+        self.members.pop(conn_id, None)
+        self.health.notify()
+
+    def on_worker_frame(self, conn_id: int, frame: Frame) -> None:
         if frame.kind == FrameKind.REPLY:
             self._apply(self.router.reply(conn_id, frame.call_id), frame.payload)
         elif frame.kind == FrameKind.DRAIN:
@@ -331,149 +318,102 @@ class Front:
         log.info("Prometheus metrics on %s", self.settings.metrics)
         return endpoint.server
 
-    # --- raw socket clients ---------------------------------------------------------
-    async def on_raw_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        decoder = FrameDecoder(self.settings.max_message_bytes)
-        tasks: set[asyncio.Task[None]] = set()
-        self.raw_writers.add(writer)
-        try:
-            while data := await reader.read(1 << 20):
-                decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    task = asyncio.create_task(self._raw_call(frame, writer))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    self.raw_calls.add(task)
-                    task.add_done_callback(self.raw_calls.discard)
-            if decoder.buffered:  # the client half-closed in the middle of a frame
-                text = f"connection closed inside a frame ({decoder.buffered} bytes)"
-                writer.write(encode_frame(FrameKind.ERROR, 0, text.encode()))
-        except ProtocolError as exc:
-            message = str(exc).encode()
-            writer.write(encode_frame(FrameKind.ERROR, 0, message))
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        if tasks:
-            await asyncio.wait(tasks)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
-        self.raw_writers.discard(writer)
-
-    async def _raw_call(self, frame: Frame, writer: asyncio.StreamWriter) -> None:
-        if frame.kind not in (FrameKind.DISPATCH, FrameKind.EVENT):
-            text = f"frame kind {frame.kind.name} is not a call".encode()
-            writer.write(encode_frame(FrameKind.ERROR, frame.call_id, text))
-            return
-        reply = await self.call(frame.kind, frame.payload)
-        if not writer.is_closing():
-            writer.write(encode_header(FrameKind.REPLY, frame.call_id, len(reply)) + reply)
-
     # --- serving --------------------------------------------------------------------
-    def _grpc_handlers(self) -> grpc.GenericRpcHandler[bytes, bytes]:
-        def unary(kind: FrameKind) -> grpc.RpcMethodHandler[bytes, bytes]:
-            async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-                return await self.call(kind, request, context.time_remaining())
-
-            return grpc.unary_unary_rpc_method_handler(handle)
-
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {"Dispatch": unary(FrameKind.DISPATCH), "DispatchEvent": unary(FrameKind.EVENT)},
-        )
-
-    async def _start_grpc(self) -> grpc.aio.Server | NativeServer:
+    async def _start_public(self) -> list[_Server]:
+        """The gRPC server (native or grpcio) and the optional raw socket."""
+        servers: list[_Server] = []
         if self.settings.front == "native":  # h2server.py: built-in HTTP/2 for unary calls
-            native = await start_native(self.call, self.settings, self.health)
+            native = await start_native(self.submit, self.settings, self.health)
             self.unix_paths.extend(native.unix_paths)
-            return native
-        limit = self.settings.max_message_bytes
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        server.add_generic_rpc_handlers((self._grpc_handlers(), self.health.handler()))
-        kind, address = parse_address(self.settings.socket)
-        if kind == "unix":
-            ipc.claim_unix_path(address)
-            old = os.umask(0o777 & ~self.settings.socket_mode)
-            try:
-                server.add_insecure_port("unix:" + address)
-                await server.start()
-            finally:
-                os.umask(old)
-            os.chmod(address, self.settings.socket_mode)
-            ipc.set_group(address, self.settings.socket_gid())
-            self.unix_paths.append(address)
+            servers.append(native)
         else:
-            server.add_insecure_port(address)
-            await server.start()
-        return server
+            from .grpcio_front import start_grpcio  # grpc is imported only for this front
 
-    async def _start_raw(self) -> asyncio.Server | None:
-        path = self.settings.raw_socket
-        if not path:
-            return None
-        sock = ipc.bind_unix_listener(
-            Path(path), self.settings.socket_mode, group=self.settings.socket_gid()
-        )
-        self.unix_paths.append(path)
-        return await asyncio.start_unix_server(self.on_raw_client, sock=sock, limit=1 << 20)
+            grpcio, paths = await start_grpcio(self.call, self.settings, self.health)
+            self.unix_paths.extend(paths)
+            servers.append(grpcio)
+        if self.settings.raw_socket:
+            raw = RawServer(self.submit, self.settings)
+            await raw.start(
+                self.settings.raw_socket, self.settings.socket_mode, self.settings.socket_gid()
+            )
+            self.unix_paths.append(self.settings.raw_socket)
+            servers.append(raw)
+        return servers
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         for signum in (signal.SIGQUIT, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop_now)
-        bridge = await asyncio.start_unix_server(
-            self.on_worker, sock=self.spec.bridge_sock, limit=1 << 20
+        bridge = await loop.create_unix_server(
+            lambda: _WorkerLink(self), sock=self.spec.bridge_sock
         )
-        server = await self._start_grpc()
-        raw = await self._start_raw()
+        servers = await self._start_public()
         metrics = await self._start_metrics()
         self.board.write_header(front_pid=os.getpid())
         ipc.report(self.spec.status_fd, "ready")
         log.info("serving coprocess.Dispatcher on %s", self.settings.socket)
         await self.stopping.wait()
-        await self._drain(server, raw)
+        await self._drain(servers)
         if metrics is not None:
             metrics.close()
         bridge.close()
-        for writer in list(self.writers.values()):
-            writer.close()
+        for link in list(self.links.values()):
+            link.close()
 
     def _stop_now(self) -> None:
         self.fast = True
         self.stopping.set()
 
-    async def _drain(
-        self, server: grpc.aio.Server | NativeServer, raw: asyncio.Server | None
-    ) -> None:
-        """Stop taking calls; give accepted calls until graceful_timeout to finish."""
+    async def _drain(self, servers: list[_Server]) -> None:
+        """Stop taking calls; give accepted calls until graceful_timeout to finish.
+        Raw clients are told last, so that a call without a reply was never read."""
         grace = 0.0 if self.fast else self.settings.graceful_timeout
-        if raw is not None:
-            raw.close()
         self.router.stop_accepting()
         self.health.close()  # NOT_SERVING; Watch streams end so they do not hold the stop
         if not self.fast:
             log.info("draining %d call(s)", len(self.pending))
         deadline = time.monotonic() + grace
-        await server.stop(grace)
-        # Every raw call read so far gets its answer; then each raw client is told, so
-        # that it knows a call without a reply was never read (safe to retry elsewhere).
-        while self.raw_calls and time.monotonic() < deadline:
-            await asyncio.wait(set(self.raw_calls), timeout=deadline - time.monotonic())
-        for writer in self.raw_writers:
-            writer.write(encode_frame(FrameKind.ERROR, 0, RAW_GOODBYE))
-            writer.close()
+        for server in servers:
+            await server.stop(max(0.0, deadline - time.monotonic()))
         for path in self.unix_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+class _WorkerLink(asyncio.Protocol):
+    """One bridge connection: decodes the worker's frames and hands them to the front."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.conn_id = next(front.conn_ids)
+        self.decoder = FrameDecoder(front.settings.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.joined = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        front = self.front
+        try:
+            self.decoder.feed(data)
+            while (frame := self.decoder.next_frame()) is not None:
+                if self.joined:
+                    front.on_worker_frame(self.conn_id, frame)
+                elif self.transport is not None:
+                    front.worker_joined(self.conn_id, frame, self.transport)
+                    self.joined = True
+        except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+            log.error("bridge connection %d broken: %s", self.conn_id, exc)
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.front.worker_left(self.conn_id)
 
 
 def _type_name(call: Call) -> str:
@@ -488,5 +428,19 @@ def run_front(settings: Settings, spec: FrontSpec) -> int:
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     front = Front(settings, spec)
-    asyncio.run(front.serve())
+    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+        runner.run(front.serve())
     return 0
+
+
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop for the native front (its transports and epoll loop are C: the front's
+    per-call cost is mostly socket writes and wake-ups); grpcio's asyncio integration
+    keeps the standard loop."""
+    if settings.front != "native":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # optional speed-up; the standard loop works the same
+        return None
+    return uvloop.new_event_loop

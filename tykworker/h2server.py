@@ -1,8 +1,9 @@
 """asyncio driver of the native front: sockets <-> ``H2Connection`` <-> ``Front.call``.
 
 One ``H2Protocol`` per accepted connection. Each read is fed to the sans-IO connection;
-every complete call becomes one task awaiting the handler (``Front.call``: router, queue,
-deadline, bridge, exactly one answer); the answer goes back through ``respond``.
+every complete call is handed to ``submit`` (``Front.submit``: router, queue, deadline,
+bridge) with a callback that receives its one answer and writes it to the stream. No task
+or future per call.
 
 Invariants:
 * One write per read: whatever a read produces (answers, SETTINGS/PING ACKs, WINDOW_UPDATE,
@@ -21,7 +22,7 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,7 +36,8 @@ from .protocol import FrameKind
 
 log = logging.getLogger("tykworker.front")
 
-Handler = Callable[[FrameKind, bytes, float | None], Coroutine[Any, Any, bytes]]
+#: submit(kind, payload, deadline, respond): route one call; ``respond`` gets its answer.
+Handler = Callable[[FrameKind, bytes, "float | None", Callable[[bytes], None]], None]
 
 
 class H2Protocol(asyncio.Protocol):
@@ -43,7 +45,6 @@ class H2Protocol(asyncio.Protocol):
         self.server = server
         self.conn = H2Connection(server.limits)
         self.transport: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Task[bytes]] = set()
         self.watches: set[asyncio.Task[None]] = set()
         self.inflight_bytes = 0
         self._flush_scheduled = False
@@ -52,8 +53,8 @@ class H2Protocol(asyncio.Protocol):
 
     # --- asyncio callbacks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        self.transport = cast(asyncio.Transport, transport)
         self.server.protocols.add(self)
         if self.server.stopping:
             self.conn.drain()
@@ -90,26 +91,22 @@ class H2Protocol(asyncio.Protocol):
         if event.kind is None:
             self._health(event)
             return
-        task = asyncio.get_running_loop().create_task(
-            self.server.handler(event.kind, event.payload, event.timeout)
-        )
         size = len(event.payload)
         self.inflight_bytes += size
-        self.tasks.add(task)
-        task.add_done_callback(functools.partial(self._done, event.stream_id, size))
+        self.server.handler(
+            event.kind,
+            event.payload,
+            event.timeout,
+            functools.partial(self._answered, event.stream_id, size),
+        )
         if self.inflight_bytes > self.server.limits_buffer:
             self._update_reading()
 
-    def _done(self, stream_id: int, size: int, task: asyncio.Task[bytes]) -> None:
-        self.tasks.discard(task)
+    def _answered(self, stream_id: int, size: int, reply: bytes) -> None:
         self.inflight_bytes -= size
-        if task.cancelled():
-            self.conn.respond_status(stream_id, Status.UNAVAILABLE, "server stopping")
-        elif (exc := task.exception()) is not None:
-            log.error("call on stream %d failed", stream_id, exc_info=exc)
-            self.conn.respond_status(stream_id, Status.INTERNAL, "internal error")
-        else:
-            self.conn.respond(stream_id, task.result())
+        if self.transport is None:
+            return  # the client went away; the call was still routed and answered
+        self.conn.respond(stream_id, reply)
         if self._paused_memory:
             self._update_reading()
         self._schedule_flush()

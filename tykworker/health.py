@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
-
-import grpc
+from typing import Final
 
 SERVICE: Final = "grpc.health.v1.Health"
 SERVICES: Final = frozenset({"", "coprocess.Dispatcher"})
@@ -104,17 +102,9 @@ class Health:
         self.closing = True
         self.notify()
 
-    async def check(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        service = _service(request)
-        status = self.status(service)
-        if status is ServingStatus.SERVICE_UNKNOWN:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
-        return encode_response(status)
-
-    async def watch(
-        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[bytes]:
-        service = _service(request)
+    async def watch(self, request: bytes, context: object = None) -> AsyncIterator[bytes]:
+        """Every status change of the requested service, until the front drains."""
+        service = service_of(request)
         last: ServingStatus | None = None
         while True:
             changed = self._changed  # before reading the status: no missed wake-up
@@ -126,17 +116,9 @@ class Health:
                 return
             await changed.wait()
 
-    def handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(self.check),
-                "Watch": grpc.unary_stream_rpc_method_handler(self.watch),
-            },
-        )
 
-
-def _service(request: bytes) -> str:
+def service_of(request: bytes) -> str:
+    """The service a HealthCheckRequest names (an invalid request names none)."""
     try:
         return decode_request(request)
     except (ValueError, UnicodeDecodeError):

@@ -5,6 +5,7 @@ connections dropped mid-call and mid-frame. The client is tests/interop/main.go.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,21 @@ def test_grpc_go_client(front, start_server, workdir, interop_client):
     result = run(interop_client, server, payloads, "deadline")
     assert result["errors"] == {"DeadlineExceeded": 1} and result["detail"]["seconds"] < 1.5
     # The front honoured grpc-timeout (200 ms), not only the 5 s hook deadline: its timeout
-    # answer is logged long before the 2 s hook could finish.
-    wait_for(lambda: "answered by tykworker: timeout" in server.log(), timeout=1.0)
+    # answer came (by the front's own clock, logged as elapsed=) before the 2 s hook could
+    # have finished.
+    line = wait_for(
+        lambda: next(
+            (x for x in server.log().splitlines() if "answered by tykworker: timeout" in x), None
+        )
+    )
+    assert float(re.search(r"elapsed=([0-9.]+)", line).group(1)) < 2.0, line
 
     assert server.proc.poll() is None
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
-    assert "Traceback" not in server.log()
+    tracebacks = server.log().split("Traceback")[1:]
+    if front == "grpcio":
+        # grpcio itself logs a traceback when it sends an answer to a client that has
+        # just dropped its connection (ExecuteBatchError inside cygrpc): its noise, not
+        # ours. Nothing else may raise.
+        tracebacks = [t for t in tracebacks if "ExecuteBatchError" not in t[:3000]]
+    assert tracebacks == []

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tykworker.grpcio_front import check_health
 from tykworker.health import Health, ServingStatus, decode_request, encode_response
 
 
@@ -56,14 +57,14 @@ def test_check_statuses():
     async def scenario() -> None:
         health = Health(lambda: serving[0])
         context: Any = _Context()
-        assert await health.check(_request(""), context) == b"\x08\x02"
+        assert await check_health(health, _request(""), context) == b"\x08\x02"
         serving[0] = True
-        assert await health.check(_request("coprocess.Dispatcher"), context) == b"\x08\x01"
+        assert await check_health(health, _request("coprocess.Dispatcher"), context) == b"\x08\x01"
         with pytest.raises(_Aborted):
-            await health.check(_request("other"), context)
+            await check_health(health, _request("other"), context)
         assert context.code == grpc.StatusCode.NOT_FOUND
         health.close()
-        assert await health.check(_request(""), context) == b"\x08\x02"
+        assert await check_health(health, _request(""), context) == b"\x08\x02"
 
     asyncio.run(scenario())
 
