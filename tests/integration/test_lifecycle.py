@@ -237,3 +237,19 @@ def test_stale_socket_is_replaced_and_regular_file_refused(start_server, workdir
     refused = _cli("serve", "--socket", server.socket, "--middleware", str(workdir / "middleware"))
     assert refused.returncode == 2 and "not a socket" in refused.stderr
     assert (workdir / "tyk.sock").read_text() == "not a socket"
+
+
+def test_only_workers_import_plugin_code(start_server, workdir):
+    """Neither the supervisor nor the front ever imports a plugin module, also across a
+    reload; every worker does."""
+    marker = workdir / "imports.log"
+    server = start_server("--workers", "2", env={"TW_IMPORT_LOG": str(marker)})
+    server.signal(signal.SIGHUP)
+    server.wait_notify("RELOADING=1")
+    server.wait_notify("READY=1")
+    importers = {int(line) for line in marker.read_text().split()}
+    workers_now = server.worker_pids(generation=2)
+    assert workers_now <= importers
+    assert server.proc.pid not in importers
+    assert server.front_pid() not in importers
+    assert len(importers) == 4  # two generations of two workers, nothing else
