@@ -126,7 +126,8 @@ class FrameDecoder:
         end = self._pos + HEADER_SIZE + length
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[self._pos + HEADER_SIZE : end])
+        with memoryview(self._buf) as view:  # one copy (slicing a bytearray copies twice)
+            payload = bytes(view[self._pos + HEADER_SIZE : end])
         self._pending = None
         self._pos = end
         if self._pos > 65536 and self._pos * 2 > len(self._buf):

@@ -196,11 +196,11 @@ class Worker:
             log.warning("unexpected %s frame on the bridge", kind)
             return
         logs.end_call()
-        frames = encode_header(FrameKind.REPLY, call_id, len(reply)) + reply
+        head = encode_header(FrameKind.REPLY, call_id, len(reply))
         if logs.active_call.failure:  # tell the front before the reply (its metrics)
             failed = msgpack.packb({"op": "failed", "reason": logs.active_call.failure})
-            frames = encode_frame(FrameKind.CONTROL, call_id, failed) + frames
-        bridge.sendall(frames)
+            head = encode_frame(FrameKind.CONTROL, call_id, failed) + head
+        _send_all(bridge, head, reply)
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
         proctitle.set(f"{self.label} {'draining' if self.draining else 'idle'}")
@@ -245,6 +245,21 @@ class _Runtime(Protocol):
     def dispatch_event(self, payload: bytes) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+def _send_all(sock: socket.socket, head: bytes, body: bytes) -> None:
+    """``head + body`` without copying a large body: one ``sendmsg`` of both buffers,
+    continued with ``sendall`` if the kernel took only part of it."""
+    if len(body) < 65536:
+        sock.sendall(head + body)
+        return
+    sent = sock.sendmsg([head, body])
+    if sent < len(head):
+        sock.sendall(head[sent:])
+        sent = len(head)
+    if sent - len(head) < len(body):
+        with memoryview(body) as view:
+            sock.sendall(view[sent - len(head) :])
 
 
 def run_worker(settings: Settings, spec: WorkerSpec) -> int:
