@@ -44,15 +44,6 @@ HOOK_TYPES: Final[Mapping[str, int]] = {
 }
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
 def _parse_optional_str(text: str) -> str | None:
     return text or None
 

@@ -30,7 +30,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -83,7 +83,6 @@ class Counters:
     crashes: int = 0
     overloads: int = 0
     errors: int = 0
-    by_reason: dict[Reason, int] = field(default_factory=dict)
 
 
 class Front:
@@ -225,7 +224,6 @@ class Front:
 
     def _count(self, reason: Reason) -> None:
         c = self.counters
-        c.by_reason[reason] = c.by_reason.get(reason, 0) + 1
         if reason is Reason.TIMEOUT:
             c.timeouts += 1
         elif reason is Reason.CRASH:

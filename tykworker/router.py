@@ -171,9 +171,6 @@ class Router:
     def in_flight(self) -> int:
         return len(self.assigned) + len(self.queue)
 
-    def ready_workers(self) -> int:
-        return sum(1 for w in self.workers.values() if not w.draining and not w.lost)
-
     # --- internals ------------------------------------------------------------------
     def _idle_worker(self) -> Worker | None:
         # Newest generation first, so a reload shifts traffic as soon as new workers join.
