@@ -24,7 +24,11 @@ def bundle_hash(name: str) -> str:
 
 
 def spec(name: str | None) -> dict[str, str]:
-    return {"APIID": "api1", "OrgID": "org1", "bundle_hash": bundle_hash(name) if name else NO_BUNDLE}
+    return {
+        "APIID": "api1",
+        "OrgID": "org1",
+        "bundle_hash": bundle_hash(name) if name else NO_BUNDLE,
+    }
 
 
 def unpack(bundles: Path, fixture: str, name: str) -> Path:
