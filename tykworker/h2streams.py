@@ -62,7 +62,7 @@ class StreamTable:
         self._zombies: set[int] = set()  # reset streams whose call is still running
         self._closed: dict[int, int] = {}  # recently closed stream id -> ENDED/RESET_*
         self._blocked: dict[int, None] = {}  # streams waiting for send window, in order
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._conn_send_window = f.DEFAULT_WINDOW
         self._peer_initial_window = f.DEFAULT_WINDOW
         self._peer_max_frame = f.DEFAULT_MAX_FRAME
@@ -198,7 +198,7 @@ class StreamTable:
                 last = n == len(piece) and len(pieces) == 1
                 flags = f.END_STREAM if last and stream.data_end else 0
                 self._out.append(f.frame_header(FrameType.DATA, flags, sid, n))
-                self._out.append(bytes(piece[:n]))
+                self._out.append(piece[:n])  # a view: copied once, by data_to_send's join
                 piece = piece[n:]
                 self._conn_send_window -= n
                 stream.send_window -= n

@@ -81,8 +81,13 @@ def _store_across_workers(server) -> None:
     thread = threading.Thread(target=write)
     thread.start()
     reply = wait_for(
-        lambda: (r := server.dispatch("Store", headers={"Key": "shared"}))
-        .request.set_headers["X-Value"] == "v1" and r,
+        lambda: (
+            (r := server.dispatch("Store", headers={"Key": "shared"})).request.set_headers[
+                "X-Value"
+            ]
+            == "v1"
+            and r
+        ),
         what="value visible to the other worker",
     )
     thread.join(30)
