@@ -31,12 +31,12 @@ from types import FrameType
 
 import psutil
 
-from . import ipc, proctitle, systemd
+from . import crashlog, ipc, proctitle, systemd
 from .config import Settings, parse_address
 from .errors import ConfigError, ExitCode, ProtocolError
 from .pool import Exit, Phase, Pool, PoolAction, ProcState, Signal, SpawnFront, SpawnWorker
 from .protocol import FrameDecoder
-from .scoreboard import Scoreboard
+from .scoreboard import Scoreboard, SlotState, SlotView
 from .store import STORE_FILENAME, SQLiteStore
 
 log = logging.getLogger("tykworker.supervisor")
@@ -77,6 +77,8 @@ class Supervisor:
         # Private even when it already existed (e.g. a 0755 RuntimeDirectory=): the store
         # in it holds plugin data, created with the usual 0644.
         os.chmod(self.runtime_dir, 0o750)
+        for stale in self.runtime_dir.glob("stack.*"):  # left by a supervisor that was killed
+            stale.unlink(missing_ok=True)
         self.identity = identity = self._worker_identity()
         self.board = Scoreboard.create(self.runtime_dir / "scoreboard")
         if not self.settings.redis_url:
@@ -219,6 +221,7 @@ class Supervisor:
             self._log_exit(pid, code, proc.state if proc else None)
             index = self.index_of.pop(pid, None)
             if index is not None:
+                self._log_stack(pid, self.board.slot(index))
                 self.board.clear_slot(index)
             self.pool.exited(pid, code if code >= 0 else None, time.monotonic())
             if pid == self.front_pid and self.pool.phase is Phase.STOPPING:
@@ -239,6 +242,20 @@ class Supervisor:
             with contextlib.suppress(psutil.Error, ProcessLookupError):
                 log.warning("killing pid %d (%s), left behind by a plugin", child.pid, child.name())
                 os.kill(child.pid, signal.SIGKILL)
+
+    def _log_stack(self, pid: int, slot: SlotView) -> None:
+        """The dead worker's fatal-signal stack dump, if any, as one record naming the call
+        its slot showed (crashlog.py)."""
+        dump = crashlog.collect(crashlog.stack_path(self.runtime_dir, pid))
+        if not dump:
+            return
+        busy = slot.state is SlotState.BUSY and slot.pid == pid
+        call = f"call {slot.call_id} hook {slot.hook!r}" if busy else "no call"
+        log.error(
+            "worker pid %d died during %s; stacks of all its threads:\n%s", pid, call, dump,
+            extra={"worker_pid": pid, "generation": slot.generation,
+                   "call_id": slot.call_id if busy else None, "hook": slot.hook if busy else None},
+        )  # fmt: skip
 
     def _log_exit(self, pid: int, code: int, state: ProcState | None) -> None:
         what = "front" if pid == self.front_pid else "worker"

@@ -1,8 +1,9 @@
 """Worker process main loop: import plugins, connect to the front, serve one call at a time.
 
 Life of a worker (forked by the supervisor, never returns into supervisor code):
-1. reset signals, enable ``faulthandler`` (SIGABRT from the supervisor dumps every
-   thread's stack to stderr, even when stuck in C code holding the GIL); connect to the
+1. reset signals, enable ``faulthandler`` into this worker's ``crashlog`` file (SIGABRT
+   from the supervisor, or a crash in plugin C code, dumps every thread's stack even when
+   stuck in C code holding the GIL; the supervisor logs it with the call); connect to the
    bridge, then, if configured (``user``/``group``, started as root), drop privileges for
    good: no plugin code ever runs with the supervisor's credentials;
 2. import plugins (``plugins.load_runtime``); failure -> traceback logged, exit code 3;
@@ -22,14 +23,12 @@ log with ``slow_call_threshold``).
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import random
 import selectors
 import signal
 import socket
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Protocol
 import msgpack
 import psutil
 
-from . import ipc, logs, proctitle
+from . import crashlog, ipc, logs, proctitle
 from .config import Settings
 from .errors import ExitCode, PluginLoadError, ProtocolError
 from .protocol import FrameDecoder, FrameKind, encode_frame, encode_header, peek_object_header
@@ -105,7 +104,11 @@ class Worker:
 
     def run(self) -> int:
         signals = _Signals()
-        faulthandler.enable(file=sys.stderr, all_threads=True)
+        # Fatal-signal stacks go to a file the supervisor logs with the call it killed
+        # (crashlog.py); kept open for the life of the process.
+        self.stack_file = crashlog.enable(
+            crashlog.stack_path(self.spec.scoreboard_path.parent, self.pid)
+        )
         logs.bind_process(worker_pid=self.pid, generation=self.spec.generation)
         self._set_state(SlotState.STARTING)
         try:

@@ -25,6 +25,11 @@ def test_timeout_answers_504_dumps_stack_and_replaces_worker(start_server):
     log = wait_for(lambda: "Fatal Python error: Aborted" in server.log() and server.log())
     assert f"worker pid {stuck} stuck on call" in log and "hook 'Sleep'" in log
     assert "in Sleep" in log  # the plugin frame is in the dumped stack
+    # One record attributes the dump to the call the worker was stuck on.
+    assert f"worker pid {stuck} died during call " in log
+    attributed = log[log.index(f"worker pid {stuck} died during call ") :]
+    assert attributed.splitlines()[0].endswith("hook 'Sleep'; stacks of all its threads:")
+    assert "Fatal Python error: Aborted" in attributed
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
 
 
@@ -59,6 +64,11 @@ def test_worker_dying_mid_call_answers_502_and_is_refilled(start_server, hook):
     reply = server.dispatch(hook)
     assert reply.request.return_overrides.response_code == 502
     wait_for(lambda: server.worker_pids() - {before}, what="refill")
+    if hook == "Segfault":  # a crash in C: its stack, attributed to the call
+        log = wait_for(lambda: "Segmentation fault" in server.log() and server.log())
+        assert f"worker pid {before} died during call " in log
+        assert "hook 'Segfault'; stacks of all its threads:" in log
+        assert "in Segfault" in log
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
 
 
