@@ -383,3 +383,29 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         if not ok:
             source = sources.get(name, "default")
             raise ConfigError(f"{source}: invalid value for {name!r}: {message}")
+
+
+#: Settings the front applies on SIGHUP without a restart (see ``live_settings``).
+LIVE_SETTINGS: Final = ("hook_timeout", "hook_timeout_for", "fail_open", "queue_size")
+#: Settings bound when a process starts: changing them needs a restart (SIGHUP logs it).
+RESTART_ONLY: Final = (
+    "socket", "raw_socket", "socket_mode", "socket_group", "front", "max_message_mb",
+    "metrics", "runtime_dir", "user", "group",
+)  # fmt: skip
+
+
+def live_settings(settings: Settings) -> dict[str, Any]:
+    """The live settings as plain values (msgpack-able: tuples become lists)."""
+    out: dict[str, Any] = {}
+    for name in LIVE_SETTINGS:
+        value = getattr(settings, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def apply_live_settings(settings: Settings, values: Mapping[str, Any]) -> Settings:
+    """``settings`` with the live fields from ``values`` (a ``live_settings`` dict)."""
+    changes = {k: v for k, v in values.items() if k in LIVE_SETTINGS}
+    if "fail_open" in changes:
+        changes["fail_open"] = tuple(changes["fail_open"])
+    return dataclasses.replace(settings, **changes)

@@ -38,7 +38,7 @@ import msgpack
 
 from . import answers, ipc, proctitle
 from .answers import Reason
-from .config import HOOK_TYPES, Settings
+from .config import HOOK_TYPES, Settings, apply_live_settings, live_settings
 from .errors import ConfigError, ProtocolError
 from .h2server import start_native
 from .health import Health, ServingStatus
@@ -74,6 +74,7 @@ class FrontSpec:
     bridge_sock: socket.socket
     status_fd: int
     scoreboard_path: Path
+    config_fd: int  # live settings from the supervisor (SIGHUP), see config.LIVE_SETTINGS
 
 
 @dataclass(slots=True)
@@ -348,6 +349,8 @@ class Front:
             lambda: _WorkerLink(self), sock=self.spec.bridge_sock
         )
         servers = await self._start_public()
+        config = FrameDecoder(ipc.PIPE_BUF * 16)
+        loop.add_reader(self.spec.config_fd, self._read_config, config)
         metrics = await self._start_metrics()
         self.board.write_header(front_pid=os.getpid())
         ipc.report(self.spec.status_fd, "ready")
@@ -359,6 +362,24 @@ class Front:
         bridge.close()
         for link in list(self.links.values()):
             link.close()
+
+    def _read_config(self, decoder: FrameDecoder) -> None:
+        """New live settings from the supervisor (SIGHUP): deadlines, fail-open and queue
+        size apply to calls routed from now on."""
+        try:
+            data = os.read(self.spec.config_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # the supervisor is gone; PDEATHSIG stops us
+            asyncio.get_running_loop().remove_reader(self.spec.config_fd)
+            return
+        decoder.feed(data)
+        while (frame := decoder.next_frame()) is not None:
+            message = ipc.decode_control(frame.payload)
+            if message["op"] == "config":
+                self.settings = apply_live_settings(self.settings, message)
+                self.router.queue_limit = self.settings.queue_size
+                log.info("applied new live settings: %s", live_settings(self.settings))
 
     def _stop_now(self) -> None:
         self.fast = True

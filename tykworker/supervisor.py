@@ -32,7 +32,7 @@ from types import FrameType
 import psutil
 
 from . import crashlog, ipc, proctitle, systemd
-from .config import Settings, parse_address
+from .config import RESTART_ONLY, Settings, live_settings, parse_address
 from .errors import ConfigError, ExitCode, ProtocolError
 from .pool import Exit, Phase, Pool, PoolAction, ProcState, Signal, SpawnFront, SpawnWorker
 from .protocol import FrameDecoder
@@ -93,6 +93,9 @@ class Supervisor:
             self._share_runtime_dir(*identity[:2])
         self.status_r, self.status_w = os.pipe()
         os.set_blocking(self.status_r, False)
+        # Supervisor -> front: the settings the front applies without a restart (SIGHUP).
+        self.config_r, self.config_w = os.pipe()
+        os.set_blocking(self.config_w, False)
         self.wake_r, self.wake_w = socket.socketpair()
         for sock in (self.wake_r, self.wake_w):
             sock.setblocking(False)
@@ -311,9 +314,22 @@ class Supervisor:
             log.error("reload: invalid configuration, keeping the current one: %s", exc)
             new = self.settings
         self.latest = new  # what the next generation to start runs with
+        if new is not self.settings:
+            self._send_front_config(new)
         if self.pool.phase is not Phase.STOPPING:
             self.pool.target = new.workers
         self.pool.reload()
+
+    def _send_front_config(self, new: Settings) -> None:
+        """Hand the front the settings it applies live (deadlines, fail-open, queue size);
+        say which changed settings only a restart applies."""
+        restart = [f for f in RESTART_ONLY if getattr(new, f) != getattr(self.settings, f)]
+        if restart:
+            log.warning("reload: %s changed; a restart applies them", ", ".join(restart))
+        try:
+            os.write(self.config_w, ipc.encode_control("config", **live_settings(new)))
+        except BlockingIOError:
+            log.error("reload: the front is not reading its settings; kept the old ones")
 
     def _stop(self, graceful: bool) -> None:
         log.info("%s stop requested", "graceful" if graceful else "fast")
@@ -352,6 +368,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             self.selector.close()
             os.close(self.status_r)
+            os.close(self.config_w)
             ipc.prctl(ipc.PR_SET_PDEATHSIG, signal.SIGTERM)  # supervisor gone -> drain, exit
             code = child()
         except BaseException:
@@ -388,7 +405,7 @@ class Supervisor:
         self.pool.spawned(pid, generation, slot, time.monotonic())
 
     def _spawn_front(self) -> None:
-        spec_args = (self.bridge, self.status_w, self.board.path)
+        spec_args = (self.bridge, self.status_w, self.board.path, self.config_r)
 
         def child() -> int:
             from .front import FrontSpec, run_front  # grpc is imported in the child only

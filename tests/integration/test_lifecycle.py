@@ -253,3 +253,32 @@ def test_only_workers_import_plugin_code(start_server, workdir):
     assert server.proc.pid not in importers
     assert server.front_pid() not in importers
     assert len(importers) == 4  # two generations of two workers, nothing else
+
+
+def test_sighup_applies_new_deadlines_and_fail_open_to_the_front(start_server, workdir):
+    config = workdir / "tykworker.toml"
+    config.write_text("hook_timeout = 30\n")
+    server = start_server("--workers", "1", "--config", str(config))
+    config.write_text('hook_timeout = 0.5\nfail_open = ["post"]\nmax_message_mb = 8\n')
+    server.signal(signal.SIGHUP)
+    server.wait_notify("RELOADING=1")
+    server.wait_notify("READY=1")
+    wait_for(lambda: "applied new live settings" in server.log(), what="front applied")
+    assert "max_message_mb changed; a restart applies them" in server.log()
+    timed_out = server.dispatch("Sleep", headers={"Sleep": "20"})
+    assert timed_out.request.return_overrides.response_code == 504
+    wait_for(lambda: len(server.worker_pids()) == 1, what="stuck worker replaced")
+    opened = server.dispatch("Sleep", hook_type="post", headers={"Sleep": "20"})
+    assert opened.request.return_overrides.response_code == -1  # fail open: echoed
+
+
+def test_sighup_with_invalid_config_keeps_everything(start_server, workdir):
+    config = workdir / "tykworker.toml"
+    config.write_text("hook_timeout = 0.5\n")
+    server = start_server("--workers", "1", "--config", str(config))
+    config.write_text("hook_timeout = -3\n")
+    server.signal(signal.SIGHUP)
+    server.wait_notify("READY=1")
+    assert "invalid configuration, keeping the current one" in server.log()
+    reply = server.dispatch("Sleep", headers={"Sleep": "20"})
+    assert reply.request.return_overrides.response_code == 504  # still the 0.5 s deadline

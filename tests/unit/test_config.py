@@ -452,3 +452,21 @@ def test_every_setting_has_a_flag_help_and_parser() -> None:
         assert f.metadata["help"]
         assert callable(f.metadata["parse"])
     assert all(value is None for key, value in cli_args().items())
+
+
+def test_live_settings_round_trip_through_msgpack() -> None:
+    import msgpack
+
+    from tykworker.config import LIVE_SETTINGS, apply_live_settings, live_settings
+
+    old = load_settings({}, environ={})
+    new = load_settings(
+        {"hook_timeout": "2", "hook_timeout_for": "auth=1", "fail_open": "post,response",
+         "queue_size": "7", "socket": "/elsewhere.sock"},
+        environ={},
+    )  # fmt: skip
+    wire = msgpack.unpackb(msgpack.packb(live_settings(new)))
+    applied = apply_live_settings(old, wire)
+    for name in LIVE_SETTINGS:
+        assert getattr(applied, name) == getattr(new, name)
+    assert applied.socket == old.socket  # only live settings move
