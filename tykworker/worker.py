@@ -185,19 +185,16 @@ class Worker:
         self, bridge: socket.socket, runtime: _Runtime, kind: int, call_id: int, payload: bytes
     ) -> None:
         if kind == FrameKind.DISPATCH:
-            hook = peek_object_header(payload)[1]
-            logs.begin_call(call_id, hook)
-            self._set_state(SlotState.BUSY, call_id, hook)
-            proctitle.set(f"{self.label} running {hook or '?'}")
-            reply = runtime.dispatch(payload)
+            hook, run = peek_object_header(payload)[1], runtime.dispatch
         elif kind == FrameKind.EVENT:
-            logs.begin_call(call_id, "event")
-            self._set_state(SlotState.BUSY, call_id, "event")
-            proctitle.set(f"{self.label} running event")
-            reply = runtime.dispatch_event(payload)
+            hook, run = "event", runtime.dispatch_event
         else:
             log.warning("unexpected %s frame on the bridge", kind)
             return
+        logs.begin_call(call_id, hook)
+        self._set_state(SlotState.BUSY, call_id, hook)
+        proctitle.set(f"{self.label} running {hook or '?'}")
+        reply = run(payload)
         logs.end_call()
         head = encode_header(FrameKind.REPLY, call_id, len(reply))
         if logs.active_call.failure:  # tell the front before the reply (its metrics)
