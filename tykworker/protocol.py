@@ -190,8 +190,8 @@ def peek_object_header(data: bytes) -> tuple[int, str]:
             number, wire = key >> 3, key & 7
             if wire == _WIRE_VARINT:
                 value, pos = _read_varint(data, pos)
-                if number == 1:
-                    hook_type = value & 0xFFFFFFFF
+                if number == 1:  # an enum is an int32: sign-extend as protobuf does
+                    hook_type = (value & 0xFFFFFFFF) - ((value & 0x80000000) << 1)
             elif wire == _WIRE_LEN:
                 length, pos = _read_varint(data, pos)
                 if pos + length > len(data):

@@ -551,3 +551,11 @@ def _top_level_wire_types(data: bytes) -> list[int]:
         else:
             return out
     return out
+
+
+@pytest.mark.parametrize("hook_type", [-1, -1610612736, 2**31 - 1])
+def test_peek_reads_hook_type_as_a_signed_int32_like_protobuf(hook_type: int) -> None:
+    """Found by the fuzz test: enum values are int32, a 10-byte varint may carry a negative
+    one; peek must agree with protobuf's own reading."""
+    data = object_pb2.Object(hook_type=hook_type, hook_name="n").SerializeToString()  # type: ignore[arg-type]
+    assert peek_object_header(data) == (object_pb2.Object.FromString(data).hook_type, "n")
