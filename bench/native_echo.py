@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tykworker import ipc
-from tykworker.h2server import NativeServer
-from tykworker.h2state import Limits
-from tykworker.protocol import FrameKind
+from tykworker.front.h2.state import Limits
+from tykworker.front.native import NativeServer
+from tykworker.system import sockets
+from tykworker.wire.frames import FrameKind
 
 MARKER = b"\x0a\x07X-Bench"  # appended so that `loadgen -expect X-Bench` counts the reply
 
@@ -36,7 +36,7 @@ def echo(
 
 async def main(path: str) -> None:
     server = NativeServer(echo, Limits(), buffer_limit=1 << 27)
-    await server.start(sock=ipc.bind_unix_listener(Path(path), 0o600))
+    await server.start(sock=sockets.bind_unix_listener(Path(path), 0o600))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)

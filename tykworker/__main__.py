@@ -1,5 +1,5 @@
 """``python -m tykworker`` = the ``tykworker`` command."""
 
-from tykworker.cli import main
+from tykworker.cli.commands import main
 
 raise SystemExit(main())

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import ConfigError
+from tykworker.errors import ConfigError
 
 ENV_PREFIX: Final = "TYKWORKER_"
 

@@ -46,7 +46,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
-from tykworker.protocol import FrameDecoder, FrameKind, encode_frame
+from tykworker.wire.frames import FrameDecoder, FrameKind, encode_frame
 
 from .conftest import Server, make_object, session_processes, wait_for
 

@@ -188,16 +188,17 @@ def test_workers_drop_root_privileges_before_importing_plugins(start_server, wor
 
 
 def test_user_setting_without_root_is_refused_before_forking(monkeypatch):
-    from tykworker import supervisor
+    from tykworker.cli.commands import CHILDREN
     from tykworker.config import load_settings
     from tykworker.errors import ConfigError
+    from tykworker.supervisor import process as supervisor
 
     nobody = _nobody()
     settings = load_settings({"user": "root", "socket": "/nonexistent/tyk.sock"}, environ={})
     monkeypatch.setattr(supervisor.os, "geteuid", lambda: nobody.pw_uid)
     monkeypatch.setattr(supervisor.os, "getuid", lambda: nobody.pw_uid)
     with pytest.raises(ConfigError, match="need the server to start as root"):
-        supervisor.Supervisor(settings, lambda: settings)._worker_identity()
+        supervisor.Supervisor(settings, lambda: settings, CHILDREN)._worker_identity()
 
 
 def test_malformed_payload_with_credentials_logs_no_value(start_server):

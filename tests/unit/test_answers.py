@@ -16,7 +16,7 @@ from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker._proto import coprocess_return_overrides_pb2 as overrides_pb2
 from tykworker._proto import coprocess_session_state_pb2 as session_pb2
-from tykworker.answers import (
+from tykworker.wire.answers import (
     ANSWER_HEADER,
     RESPONSE_HOOK,
     Reason,
@@ -24,7 +24,7 @@ from tykworker.answers import (
     failure_reply,
     override_fragment,
 )
-from tykworker.protocol import peek_object_header
+from tykworker.wire.frames import peek_object_header
 
 REQUEST_HOOKS = [common_pb2.Pre, common_pb2.Post, common_pb2.PostKeyAuth, common_pb2.CustomKeyCheck]
 ALL_HOOKS = [*REQUEST_HOOKS, common_pb2.Response]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tykworker import callcmd
 from tykworker._proto import coprocess_object_pb2 as object_pb2
-from tykworker.cli import _parser
+from tykworker.cli import call as callcmd
+from tykworker.cli.commands import _parser
+from tykworker.cli.objects import NO_BUNDLE, POST_KEY_AUTH, PRE, RESPONSE, canonical_header
 from tykworker.config import Settings
 from tykworker.errors import ConfigError
-from tykworker.objects import NO_BUNDLE, POST_KEY_AUTH, PRE, RESPONSE, canonical_header
 
 
 def _args(*argv: str):

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tykworker import crashlog
+from tykworker.system import crashlog
 
 
 def test_a_fatal_signal_writes_every_thread_stack_to_the_workers_file(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_a_fatal_signal_writes_every_thread_stack_to_the_workers_file(tmp_path: 
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parents[2])!r})
         from pathlib import Path
-        from tykworker import crashlog
+        from tykworker.system import crashlog
         handle = crashlog.enable(crashlog.stack_path(Path({str(tmp_path)!r}), os.getpid()))
         def stuck_in_a_plugin():
             os.kill(os.getpid(), signal.SIGABRT)

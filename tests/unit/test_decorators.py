@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tykworker import compat
-from tykworker.decorators import (
+from tykworker.worker import tyk as shims
+from tykworker.worker.tyk.decorators import (
     CustomKeyCheck,
     Event,
     HandlerDecorator,
@@ -111,14 +111,14 @@ def test_collecting_records_handlers_in_order_with_file_and_line() -> None:
 
 
 def test_tyk_import_names_resolve_after_install() -> None:
-    compat.install()
-    compat.install()  # idempotent
+    shims.install()
+    shims.install()  # idempotent
     import gateway  # type: ignore[import-not-found]
     import tyk.decorators  # type: ignore[import-not-found]
     from tyk.request import TykCoProcessRequest  # type: ignore[import-not-found]
     from tyk.session import TykSession  # type: ignore[import-not-found]
 
-    import tykworker.decorators
+    import tykworker.worker.tyk.decorators
 
     namespace: dict[str, Any] = {}
     exec("from tyk.decorators import *", namespace)
@@ -126,7 +126,7 @@ def test_tyk_import_names_resolve_after_install() -> None:
         namespace
     )
     assert namespace["getfullargspec"] is not None
-    assert tyk.decorators is tykworker.decorators
+    assert tyk.decorators is tykworker.worker.tyk.decorators
     assert gateway.TykGateway is sys.modules["tyk.gateway"].TykGateway
     assert TykSession.DESCRIPTOR.full_name == "coprocess.SessionState"
     assert sys.modules["coprocess_object_pb2"].Object.DESCRIPTOR.full_name == "coprocess.Object"
@@ -135,7 +135,7 @@ def test_tyk_import_names_resolve_after_install() -> None:
 
 def test_request_wrapper_helpers_edit_the_live_message() -> None:
     from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
-    from tykworker.compat.request import TykCoProcessRequest
+    from tykworker.worker.tyk.request import TykCoProcessRequest
 
     message = request_pb2.MiniRequestObject()
     message.headers["Authorization"] = "abc"

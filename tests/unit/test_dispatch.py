@@ -12,10 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tykworker import answers
 from tykworker._proto import coprocess_object_pb2 as object_pb2
-from tykworker.config import Settings
-from tykworker.objects import (
+from tykworker.cli.objects import (
     AUTH,
     POST,
     POST_KEY_AUTH,
@@ -25,7 +23,9 @@ from tykworker.objects import (
     gateway_object,
     parse,
 )
-from tykworker.plugins import Runtime, load_runtime
+from tykworker.config import Settings
+from tykworker.wire import answers
+from tykworker.worker.plugins import Runtime, load_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "plugins"
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.errors import ProtocolError
-from tykworker.protocol import (
+from tykworker.wire.frames import (
     HEADER_SIZE,
     MAGIC,
     VERSION,

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import hpack
 import pytest
 
-from tykworker import h2frames as f
-from tykworker.h2conn import CONN_WINDOW, H2Connection
-from tykworker.h2frames import ErrorCode, FrameType, Setting
-from tykworker.h2grpc import literal
-from tykworker.h2state import CallEvent, Limits
-from tykworker.protocol import FrameKind
+from tykworker.front.h2 import frames as f
+from tykworker.front.h2.conn import CONN_WINDOW, H2Connection
+from tykworker.front.h2.frames import ErrorCode, FrameType, Setting
+from tykworker.front.h2.heads import literal
+from tykworker.front.h2.state import CallEvent, Limits
+from tykworker.wire.frames import FrameKind
 
 DISPATCH = b"/coprocess.Dispatcher/Dispatch"
 

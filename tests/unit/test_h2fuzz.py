@@ -10,8 +10,8 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tykworker import h2frames as f
-from tykworker.h2frames import ErrorCode, FrameType
+from tykworker.front.h2 import frames as f
+from tykworker.front.h2.frames import ErrorCode, FrameType
 
 from .test_h2conn import Client, Frame
 from .test_h2violations import CONNECTION_ERRORS

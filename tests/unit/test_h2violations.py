@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tykworker import h2frames as f
-from tykworker.h2frames import ErrorCode, FrameType, Setting
-from tykworker.h2state import Limits
+from tykworker.front.h2 import frames as f
+from tykworker.front.h2.frames import ErrorCode, FrameType, Setting
+from tykworker.front.h2.state import Limits
 
 from .test_h2conn import Client, Frame
 

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tykworker.grpcio_front import check_health
-from tykworker.health import Health, ServingStatus, decode_request, encode_response
+from tykworker.front.grpcio import check_health
+from tykworker.front.health import Health, ServingStatus, decode_request, encode_response
 
 
 def _request(service: str) -> bytes:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tykworker import metrics
 from tykworker.config import load_settings, metrics_address
 from tykworker.errors import ConfigError
-from tykworker.metrics import CallStats, FrontCollector, Histogram, Snapshot
+from tykworker.front import metrics
+from tykworker.front.metrics import CallStats, FrontCollector, Histogram, Snapshot
 
 
 def _snapshot(**kw: object) -> Snapshot:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tykworker import answers
 from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker.cli.objects import AUTH, POST, PRE, RESPONSE, bundle_hash, gateway_object, parse
 from tykworker.config import Settings
 from tykworker.errors import PluginLoadError
-from tykworker.objects import AUTH, POST, PRE, RESPONSE, bundle_hash, gateway_object, parse
-from tykworker.plugins import Runtime, bundle_entry, load_runtime
+from tykworker.wire import answers
+from tykworker.worker.plugins import Runtime, bundle_entry, load_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 REPO = Path(__file__).parent.parent.parent
@@ -73,7 +73,7 @@ def test_bundle_modules_never_leak_into_sys_modules(runtime: Runtime) -> None:
     call(runtime, gateway_object(PRE, "Describe", bundle=bundle_hash("beta.zip")))
     for name in ("helper", "lazyhelper", "middleware", "hooks"):
         assert name not in sys.modules
-    assert sys.modules["session"].__name__ == "tykworker.compat.session"
+    assert sys.modules["session"].__name__ == "tykworker.worker.tyk.session"
 
 
 def test_bundle_files_never_shadow_stdlib_or_tyk_names(runtime: Runtime) -> None:
@@ -273,7 +273,7 @@ def _scope_dir(root: Path, **files: str) -> Path:
 
 
 def test_nested_scopes_see_only_their_own_modules(tmp_path: Path) -> None:
-    from tykworker.scope import Scope, install_finder
+    from tykworker.worker.scope import Scope, install_finder
 
     install_finder()
     a = Scope("a", _scope_dir(tmp_path / "a", helper="NAME = 'a'", only_a="X = 1"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from tykworker.pool import (
+from tykworker.supervisor.pool import (
     BACKOFF_MAX,
     Exit,
     Phase,

@@ -21,7 +21,7 @@ from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker._proto import coprocess_return_overrides_pb2 as overrides_pb2
 from tykworker._proto import coprocess_session_state_pb2 as session_pb2
 from tykworker.errors import ProtocolError, TykWorkerError
-from tykworker.protocol import (
+from tykworker.wire.frames import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
     MAGIC,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tykworker.config import SETTINGS_FIELDS
-from tykworker.protocol import HEADER_SIZE, MAGIC, FrameKind
+from tykworker.wire.frames import HEADER_SIZE, MAGIC, FrameKind
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

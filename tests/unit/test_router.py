@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from tykworker.answers import Reason
-from tykworker.router import Answer, Assign, Call, Close, Completed, Router, Worker
+from tykworker.front.router import Answer, Assign, Call, Close, Completed, Router, Worker
+from tykworker.wire.answers import Reason
 
 
 def call(n: int) -> Call:

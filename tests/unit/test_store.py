@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tykworker import gateway_api
 from tykworker.config import Settings
-from tykworker.gateway_api import TykGateway
-from tykworker.plugins import load_runtime
 from tykworker.store import STORE_FILENAME, RedisStore, SQLiteStore
+from tykworker.worker.plugins import load_runtime
+from tykworker.worker.tyk import gateway as gateway_api
+from tykworker.worker.tyk.gateway import TykGateway
 
 
 class FakeClock:

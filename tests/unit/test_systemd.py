@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tykworker import systemd
-from tykworker.systemd import Notifier, monotonic_usec, notify_address, watchdog_interval
+from tykworker.system import systemd
+from tykworker.system.systemd import Notifier, monotonic_usec, notify_address, watchdog_interval
 
 
 class Receiver:

@@ -1,0 +1,457 @@
+"""The front: terminates gRPC (and the raw socket) and routes each call to a worker.
+
+Runs in its own process, forked by the supervisor; the only process that imports grpc.
+It never runs plugin code and never parses an Object (``peek_object_header`` only reads
+the top-level hook type and name, for deadlines and logs).
+
+Per call: ``router.submit`` -> frame to a worker over its bridge connection -> the
+worker's REPLY is the gateway's answer. A timer per call enforces the deadline: on expiry
+the gateway gets the timeout answer at once and the supervisor is told which worker is
+stuck (it dumps the stacks and kills it). A bridge connection that drops answers its
+call with the crash answer. See router.py for the exactly-once invariants.
+
+Observability (never on the call path unless enabled): the gRPC health service
+(health.py) on the same socket; with the ``metrics`` setting, per-call statistics kept in
+plain dicts and served for Prometheus (metrics.py). A worker announces a plugin error with
+a CONTROL frame before its reply; the front counts it (``Counters.errors``, metrics).
+
+Signals: SIGTERM = drain (stop taking calls, finish those accepted, exit 0);
+SIGQUIT/SIGINT = exit now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
+
+import msgpack
+
+from tykworker.config import HOOK_TYPES, Settings, apply_live_settings, live_settings
+from tykworker.errors import ConfigError, ProtocolError
+from tykworker.front.health import Health, ServingStatus
+from tykworker.front.native import start_native
+from tykworker.front.raw import RawServer
+from tykworker.front.router import Action, Answer, Assign, Call, Close, Completed, Router, Worker
+from tykworker.system import proctitle
+from tykworker.wire import answers, control
+from tykworker.wire.answers import Reason
+from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
+from tykworker.wire.handoff import FrontSpec
+from tykworker.wire.scoreboard import Scoreboard
+
+if TYPE_CHECKING:
+    from tykworker.front.metrics import CallStats
+
+log = logging.getLogger("tykworker.front")
+calls_log = logging.getLogger("tykworker.calls")
+
+_HOOK_NAMES = {number: name for name, number in HOOK_TYPES.items()}
+Respond = Callable[[bytes], None]
+
+
+class _Server(Protocol):
+    """What the front needs of a public server (native HTTP/2, grpcio, raw)."""
+
+    async def stop(self, grace: float) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    respond: Respond
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    calls: int = 0
+    timeouts: int = 0
+    crashes: int = 0
+    overloads: int = 0
+    errors: int = 0
+
+
+class Front:
+    def __init__(self, settings: Settings, spec: FrontSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.router = Router(queue_limit=settings.queue_size)
+        self.pending: dict[int, _Pending] = {}
+        self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
+        self.members: dict[int, Worker] = {}  # bridge connection -> worker (for logs)
+        self.ids = itertools.count(1)
+        self.conn_ids = itertools.count(1)
+        self.counters = Counters()
+        self.board = Scoreboard.open(spec.scoreboard_path)
+        self.stopping = asyncio.Event()
+        self.fast = False
+        self.unix_paths: list[str] = []
+        self.health = Health(self.is_serving)
+        self.stats: CallStats | None = None  # set when the metrics endpoint is on
+
+    # --- calls ----------------------------------------------------------------------
+    def submit(
+        self, kind: FrameKind, payload: bytes, deadline: float | None, respond: Respond
+    ) -> None:
+        """Route one call; ``respond`` is called exactly once with its answer, perhaps
+        before this returns (overload). ``deadline``: the client's own, in seconds from now
+        (``grpc-timeout``); the shorter of it and the hook type's wins.
+
+        The deadline timer stays armed until the router is done with the call, even if the
+        client goes away: a worker hanging on it must still be detected and killed."""
+        if kind == FrameKind.DISPATCH:
+            hook_type, hook_name = peek_object_header(payload)
+        else:
+            hook_type, hook_name = 0, ""
+        call = Call(next(self.ids), kind, payload, hook_type, hook_name, time.monotonic())
+        pending = _Pending(respond)
+        self.pending[call.call_id] = pending
+        self.counters.calls += 1
+        self._apply(self.router.submit(call))
+        if call.call_id in self.pending:  # not answered at once
+            limit = self.settings.timeout_for(_type_name(call))
+            if deadline is not None:
+                limit = min(limit, deadline)
+            loop = asyncio.get_running_loop()
+            pending.timer = loop.call_at(loop.time() + limit, self._expire, call.call_id)
+
+    async def call(self, kind: FrameKind, payload: bytes, deadline: float | None = None) -> bytes:
+        """``submit`` for coroutine callers (grpcio). Cancelling the awaiting task drops
+        the answer, not the call."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def respond(reply: bytes) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.submit(kind, payload, deadline, respond)
+        return await future
+
+    def _expire(self, call_id: int) -> None:
+        self._apply(self.router.expire(call_id))
+
+    def _apply(self, actions: list[Action], reply: bytes = b"") -> None:
+        for action in actions:
+            if isinstance(action, Assign):
+                self._send(action.conn_id, action.call)
+            elif isinstance(action, Completed):
+                self._resolve(action.call, reply)
+            elif isinstance(action, Answer):
+                self._answer(action)
+            elif isinstance(action, Close):
+                link = self.links.pop(action.conn_id, None)
+                if link is not None:
+                    link.close()
+        self.board.write_header(queue_depth=len(self.router.queue), calls=self.counters.calls)
+
+    def _send(self, conn_id: int, call: Call) -> None:
+        if self.stats is not None:
+            self.stats.observe_queue_wait(time.monotonic() - call.arrived_at)
+        link = self.links[conn_id]
+        header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
+        if len(call.payload) < 65536:  # one send() syscall per call: the front's main cost
+            link.write(header + call.payload)
+        else:  # large: two writes beat copying the payload
+            link.writelines((header, call.payload))
+
+    def _resolve(self, call: Call, reply: bytes) -> None:
+        """The router is done with ``call``: deliver its one answer and disarm its
+        deadline."""
+        pending = self.pending.pop(call.call_id, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if self.stats is not None:
+            elapsed = time.monotonic() - call.arrived_at
+            self.stats.observe_call(_type_name(call), call.hook_name, elapsed)
+        pending.respond(reply)
+
+    def _answer(self, action: Answer) -> None:
+        call, reason = action.call, action.reason
+        hook = _type_name(call)
+        if call.kind == FrameKind.DISPATCH:
+            fail_open = hook in self.settings.fail_open
+            reply = answers.failure_reply(call.payload, call.hook_type, reason, fail_open)
+        else:
+            reply = answers.event_reply()
+        self._count(reason)
+        if self.stats is not None:
+            self.stats.observe_answer(hook, call.hook_name, reason.code)
+        member = self.members.get(action.conn_id) if action.conn_id else None
+        pid = member.pid if member else None
+        calls_log.warning(
+            "call %d hook %r (%s) answered by tykworker: %s",
+            call.call_id,
+            call.hook_name,
+            hook,
+            reason.code,
+            extra={
+                "call_id": call.call_id,
+                "hook": call.hook_name,
+                "hook_type": hook,
+                "worker_pid": pid,
+                "generation": member.generation if member else None,
+                "reason": reason.code,
+                "elapsed": round(time.monotonic() - call.arrived_at, 6),
+            },
+        )
+        if reason is Reason.TIMEOUT and pid is not None:
+            self.health.notify()  # that worker is lost
+            control.report(
+                self.spec.status_fd,
+                "stuck",
+                worker=pid,
+                call_id=call.call_id,
+                hook=call.hook_name,
+                elapsed=time.monotonic() - call.arrived_at,
+            )
+        self._resolve(call, reply)
+
+    def _count(self, reason: Reason) -> None:
+        c = self.counters
+        if reason is Reason.TIMEOUT:
+            c.timeouts += 1
+        elif reason is Reason.CRASH:
+            c.crashes += 1
+        elif reason in (Reason.OVERLOAD, Reason.UNAVAILABLE):
+            c.overloads += 1
+        self.board.write_header(
+            calls=c.calls, timeouts=c.timeouts, crashes=c.crashes, overloads=c.overloads
+        )
+
+    # --- bridge (workers) -----------------------------------------------------------
+    def worker_joined(self, conn_id: int, frame: Frame, link: asyncio.Transport) -> None:
+        """The first frame of a bridge connection: HELLO, the worker is ready."""
+        if frame.kind != FrameKind.HELLO:
+            raise ProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
+        hello = msgpack.unpackb(frame.payload)
+        worker = Worker(conn_id, int(hello["pid"]), int(hello["generation"]), int(hello["index"]))
+        self.links[conn_id] = link
+        self.members[conn_id] = worker
+        log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
+        self._apply(self.router.join(worker))
+        self.health.notify()
+
+    def worker_left(self, conn_id: int) -> None:
+        """The bridge connection closed: the call it held (if any) gets the crash answer."""
+        self.links.pop(conn_id, None)
+        self._apply(self.router.leave(conn_id))
+        self.members.pop(conn_id, None)
+        self.health.notify()
+
+    def on_worker_frame(self, conn_id: int, frame: Frame) -> None:
+        if frame.kind == FrameKind.REPLY:
+            self._apply(self.router.reply(conn_id, frame.call_id), frame.payload)
+        elif frame.kind == FrameKind.DRAIN:
+            self._apply(self.router.drain(conn_id))
+            self.health.notify()
+        elif frame.kind == FrameKind.CONTROL:
+            self._on_worker_control(conn_id, frame)
+        else:
+            raise ProtocolError(f"unexpected {frame.kind.name} frame from a worker")
+
+    def _on_worker_control(self, conn_id: int, frame: Frame) -> None:
+        """``{"op": "failed", "reason": code}``: the plugin failed the call ``frame.call_id``
+        (its REPLY follows). Unknown ops are ignored (newer workers, older front)."""
+        message = msgpack.unpackb(frame.payload)
+        worker = self.router.workers.get(conn_id)
+        call = worker.call if worker else None
+        if not isinstance(message, dict) or message.get("op") != "failed" or call is None:
+            return
+        if call.call_id != frame.call_id:
+            return  # the call was already answered (timeout): it is counted there
+        self.counters.errors += 1
+        self.board.write_header(errors=self.counters.errors)
+        if self.stats is not None:
+            reason = str(message.get("reason", ""))
+            self.stats.observe_answer(_type_name(call), call.hook_name, reason)
+
+    # --- health and metrics ---------------------------------------------------------
+    def is_serving(self) -> bool:
+        """Accepting calls, and a worker of the current (or a newer) generation can take
+        them (health.py)."""
+        if not self.router.accepting:
+            return False
+        generation = self.board.header().generation
+        return any(
+            w.generation >= generation and not w.draining and not w.lost
+            for w in self.router.workers.values()
+        )
+
+    async def _start_metrics(self) -> asyncio.AbstractServer | None:
+        """The Prometheus endpoint, if configured. A bind failure is logged, not fatal:
+        calls matter more than metrics."""
+        if not self.settings.metrics:
+            return None
+        from tykworker.front import metrics
+
+        def snapshot() -> metrics.Snapshot:
+            serving = self.health.status("") is ServingStatus.SERVING
+            return metrics.snapshot(self.router, self.board.header(), serving)
+
+        try:
+            endpoint = await metrics.start_endpoint(
+                self.settings.metrics, self.settings.socket_mode, snapshot
+            )
+        except (OSError, ConfigError) as exc:
+            log.error("metrics endpoint %s unavailable: %s", self.settings.metrics, exc)
+            return None
+        self.stats = endpoint.stats
+        self.unix_paths.extend(endpoint.unix_paths)
+        log.info("Prometheus metrics on %s", self.settings.metrics)
+        return endpoint.server
+
+    # --- serving --------------------------------------------------------------------
+    async def _start_public(self) -> list[_Server]:
+        """The gRPC server (native or grpcio) and the optional raw socket."""
+        servers: list[_Server] = []
+        if self.settings.front == "native":  # h2server.py: built-in HTTP/2 for unary calls
+            native = await start_native(self.submit, self.settings, self.health)
+            self.unix_paths.extend(native.unix_paths)
+            servers.append(native)
+        else:
+            from tykworker.front.grpcio import start_grpcio  # grpc is imported only for this front
+
+            grpcio, paths = await start_grpcio(self.call, self.settings, self.health)
+            self.unix_paths.extend(paths)
+            servers.append(grpcio)
+        if self.settings.raw_socket:
+            raw = RawServer(self.submit, self.settings)
+            await raw.start(
+                self.settings.raw_socket, self.settings.socket_mode, self.settings.socket_gid()
+            )
+            self.unix_paths.append(self.settings.raw_socket)
+            servers.append(raw)
+        return servers
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        for signum in (signal.SIGQUIT, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop_now)
+        bridge = await loop.create_unix_server(
+            lambda: _WorkerLink(self), sock=self.spec.bridge_sock
+        )
+        servers = await self._start_public()
+        config = FrameDecoder(control.PIPE_BUF * 16)
+        loop.add_reader(self.spec.config_fd, self._read_config, config)
+        metrics = await self._start_metrics()
+        self.board.write_header(front_pid=os.getpid())
+        control.report(self.spec.status_fd, "ready")
+        log.info("serving coprocess.Dispatcher on %s", self.settings.socket)
+        await self.stopping.wait()
+        await self._drain(servers)
+        if metrics is not None:
+            metrics.close()
+        bridge.close()
+        for link in list(self.links.values()):
+            link.close()
+
+    def _read_config(self, decoder: FrameDecoder) -> None:
+        """New live settings from the supervisor (SIGHUP): deadlines, fail-open and queue
+        size apply to calls routed from now on."""
+        try:
+            data = os.read(self.spec.config_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # the supervisor is gone; PDEATHSIG stops us
+            asyncio.get_running_loop().remove_reader(self.spec.config_fd)
+            return
+        decoder.feed(data)
+        while (frame := decoder.next_frame()) is not None:
+            message = control.decode_control(frame.payload)
+            if message["op"] == "config":
+                self.settings = apply_live_settings(self.settings, message)
+                self.router.queue_limit = self.settings.queue_size
+                log.info("applied new live settings: %s", live_settings(self.settings))
+
+    def _stop_now(self) -> None:
+        self.fast = True
+        self.stopping.set()
+
+    async def _drain(self, servers: list[_Server]) -> None:
+        """Stop taking calls; give accepted calls until graceful_timeout to finish.
+        Raw clients are told last, so that a call without a reply was never read."""
+        grace = 0.0 if self.fast else self.settings.graceful_timeout
+        self.router.stop_accepting()
+        self.health.close()  # NOT_SERVING; Watch streams end so they do not hold the stop
+        if not self.fast:
+            log.info("draining %d call(s)", len(self.pending))
+        deadline = time.monotonic() + grace
+        for server in servers:
+            await server.stop(max(0.0, deadline - time.monotonic()))
+        for path in self.unix_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+class _WorkerLink(asyncio.Protocol):
+    """One bridge connection: decodes the worker's frames and hands them to the front."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.conn_id = next(front.conn_ids)
+        self.decoder = FrameDecoder(front.settings.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.joined = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        front = self.front
+        try:
+            self.decoder.feed(data)
+            while (frame := self.decoder.next_frame()) is not None:
+                if self.joined:
+                    front.on_worker_frame(self.conn_id, frame)
+                elif self.transport is not None:
+                    front.worker_joined(self.conn_id, frame, self.transport)
+                    self.joined = True
+        except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+            log.error("bridge connection %d broken: %s", self.conn_id, exc)
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.front.worker_left(self.conn_id)
+
+
+def _type_name(call: Call) -> str:
+    """The hook type's settings name (``pre``... ``response``, ``event``)."""
+    return _HOOK_NAMES.get(call.hook_type, "pre") if call.kind == FrameKind.DISPATCH else "event"
+
+
+def run_front(settings: Settings, spec: FrontSpec) -> int:
+    """Entry point in the forked child."""
+    proctitle.set(f"front {settings.socket}")
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    front = Front(settings, spec)
+    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+        runner.run(front.serve())
+    return 0
+
+
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop for the native front (its transports and epoll loop are C: the front's
+    per-call cost is mostly socket writes and wake-ups); grpcio's asyncio integration
+    keeps the standard loop."""
+    if settings.front != "native":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # optional speed-up; the standard loop works the same
+        return None
+    return uvloop.new_event_loop

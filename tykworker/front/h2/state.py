@@ -1,0 +1,117 @@
+"""Per-stream and per-connection bookkeeping for the native front's HTTP/2 core. No I/O.
+
+* ``Limits``: what one connection accepts (advertised in SETTINGS where HTTP/2 has a
+  setting for it).
+* ``Stream``: one unary call's request body as it arrives and its answer while flow
+  control holds it back.
+* ``Budget``: a token bucket against floods of frames that cost the server work without
+  making progress (PING, SETTINGS, PRIORITY, empty DATA, resets). Tokens refill with time
+  and with every answered call, so a busy, well-behaved client never runs out.
+* ``CallEvent``: what the connection hands to its driver: one complete request message.
+
+Invariants:
+* ``Stream.body`` never holds more than ``5 + max_message`` bytes: the connection checks
+  the gRPC length prefix before buffering past it.
+* A ``Budget`` never holds more than its capacity.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tykworker.front.h2.frames import MAX_WINDOW
+from tykworker.front.h2.heads import RequestHead
+from tykworker.wire.frames import FrameKind
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message: int = 64 * 1024 * 1024
+    max_streams: int = 1000
+    max_header_list: int = 64 * 1024  # larger lists: RESOURCE_EXHAUSTED for that stream
+    hard_header_list: int = 1024 * 1024  # encoded block or decoded list: connection error
+    #: request body bytes discarded while waiting to answer an HTTP-level refusal
+    discard_limit: int = 64 * 1024
+    #: PING/SETTINGS/PRIORITY/empty-DATA frames: burst and refill per second
+    control_burst: int = 1000
+    control_rate: float = 200.0
+    #: streams reset (by the peer, or by us for its errors): burst and refill per second
+    reset_burst: int = 200
+    reset_rate: float = 50.0
+    #: CONTINUATION frames allowed in one header block
+    max_continuations: int = 128
+
+    @property
+    def stream_window(self) -> int:
+        """INITIAL_WINDOW_SIZE: a whole message (and some slack) without WINDOW_UPDATE."""
+        return min(MAX_WINDOW, self.max_message + 5 + self.discard_limit)
+
+    @property
+    def max_header_block(self) -> int:
+        """Largest encoded header block buffered before decoding."""
+        return self.hard_header_list
+
+
+@dataclass(slots=True)
+class CallEvent:
+    """A complete request: the driver routes it and calls ``respond`` once (a health
+    Watch answers with ``start_stream``/``send_message``/``finish`` instead)."""
+
+    stream_id: int
+    kind: FrameKind | None
+    payload: bytes
+    timeout: float | None
+    health: str = ""  # "Check" or "Watch" (grpc.health.v1.Health) when ``kind`` is None
+
+
+# How a stream closed; remembered for a while to judge frames that arrive late.
+ENDED = 1  # both sides sent END_STREAM: later frames are a STREAM_CLOSED connection error
+RESET_BY_US = 2  # we sent RST_STREAM: later frames are ignored (they were in flight)
+RESET_BY_PEER = 3  # the peer sent RST_STREAM: later frames are a STREAM_CLOSED stream error
+
+
+@dataclass(slots=True, eq=False)
+class Stream:
+    stream_id: int
+    head: RequestHead
+    recv_window: int
+    send_window: int
+    remote_closed: bool = False
+    dispatched: bool = False  # a CallEvent went out; the driver owes one respond()
+    answering: bool = False  # our answer has started (HEADERS sent)
+    received: int = 0  # DATA payload bytes (for content-length)
+    body: bytearray | None = None
+    message: bytes | None = None  # the complete request message (without prefix)
+    expected: int = -1  # 5 + message length, once the prefix is known
+    out: list[memoryview] = field(default_factory=list)  # answer DATA held by flow control
+    trailers: bytes | None = None  # header block sent after ``out`` with END_STREAM
+    data_end: bool = False  # END_STREAM on the last DATA frame (HTTP refusals: no trailers)
+
+
+@dataclass(slots=True)
+class Budget:
+    capacity: int
+    rate: float
+    clock: Callable[[], float] = time.monotonic
+    tokens: float = field(init=False)
+    stamp: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.capacity)
+        self.stamp = self.clock()
+
+    def spend(self) -> bool:
+        """Take one token; False when the bucket is empty (a flood)."""
+        if self.tokens < 1.0:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens < 1.0:
+                return False
+        self.tokens -= 1.0
+        return True
+
+    def refund(self, tokens: float = 1.0) -> None:
+        self.tokens = min(self.capacity, self.tokens + tokens)

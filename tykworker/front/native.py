@@ -1,0 +1,267 @@
+"""asyncio driver of the native front: sockets <-> ``H2Connection`` <-> ``Front.call``.
+
+One ``H2Protocol`` per accepted connection. Each read is fed to the sans-IO connection;
+every complete call is handed to ``submit`` (``Front.submit``: router, queue, deadline,
+bridge) with a callback that receives its one answer and writes it to the stream. No task
+or future per call.
+
+Invariants:
+* One write per read: whatever a read produces (answers, SETTINGS/PING ACKs, WINDOW_UPDATE,
+  GOAWAY) is written with a single ``transport.write``; answers that complete later are
+  batched by one ``call_soon`` flush per loop iteration.
+* Backpressure: reading pauses while the calls in flight on a connection hold more than
+  ``buffer_limit`` payload bytes, or while the transport's write buffer is full.
+* ``stop(grace)``: stop accepting, GOAWAY(NO_ERROR) on every connection, wait up to
+  ``grace`` for the streams already opened to be answered, then close everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from tykworker.config import Settings, parse_address
+from tykworker.front import health as health_service
+from tykworker.front.h2.conn import H2Connection
+from tykworker.front.h2.heads import Status
+from tykworker.front.h2.state import CallEvent, Limits
+from tykworker.system import sockets
+from tykworker.wire.frames import FrameKind
+
+log = logging.getLogger("tykworker.front")
+
+#: submit(kind, payload, deadline, respond): route one call; ``respond`` gets its answer.
+Handler = Callable[[FrameKind, bytes, "float | None", Callable[[bytes], None]], None]
+
+
+class H2Protocol(asyncio.Protocol):
+    def __init__(self, server: NativeServer) -> None:
+        self.server = server
+        self.conn = H2Connection(server.limits)
+        self.transport: asyncio.Transport | None = None
+        self.watches: set[asyncio.Task[None]] = set()
+        self.inflight_bytes = 0
+        self._flush_scheduled = False
+        self._paused_memory = False
+        self._paused_write = False
+
+    # --- asyncio callbacks ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.protocols.add(self)
+        if self.server.stopping:
+            self.conn.drain()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive(data):
+            self._start(event)
+        if self.conn.error is not None and self.conn.closed:
+            code, message = self.conn.error
+            log.warning("HTTP/2 connection error %s: %s", code.name, message)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; answers in flight are dropped
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for task in list(self.watches):
+            task.cancel()
+        self.server.protocols.discard(self)
+        self.server.changed()
+
+    def pause_writing(self) -> None:
+        self._paused_write = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_write = False
+        self._update_reading()
+
+    # --- calls ----------------------------------------------------------------------------
+    def _start(self, event: CallEvent) -> None:
+        if event.kind is None:
+            self._health(event)
+            return
+        size = len(event.payload)
+        self.inflight_bytes += size
+        self.server.handler(
+            event.kind,
+            event.payload,
+            event.timeout,
+            functools.partial(self._answered, event.stream_id, size),
+        )
+        if self.inflight_bytes > self.server.limits_buffer:
+            self._update_reading()
+
+    def _answered(self, stream_id: int, size: int, reply: bytes) -> None:
+        self.inflight_bytes -= size
+        if self.transport is None:
+            return  # the client went away; the call was still routed and answered
+        self.conn.respond(stream_id, reply)
+        if self._paused_memory:
+            self._update_reading()
+        self._schedule_flush()
+        if self.conn.idle:
+            self.server.changed()
+
+    def _health(self, event: CallEvent) -> None:
+        """``grpc.health.v1.Health``: Check answered at once, Watch streamed (health.py)."""
+        health = self.server.health
+        if health is None:
+            self.conn.respond_status(event.stream_id, Status.UNIMPLEMENTED, "no health service")
+        elif event.health == "Watch":
+            task = asyncio.get_running_loop().create_task(self._watch(health, event))
+            self.watches.add(task)
+            task.add_done_callback(self.watches.discard)
+        else:
+            try:
+                service = health_service.decode_request(event.payload)
+            except (ValueError, UnicodeDecodeError):
+                service = "\0invalid"
+            status = health.status(service)
+            if status is health_service.ServingStatus.SERVICE_UNKNOWN:
+                self.conn.respond_status(event.stream_id, Status.NOT_FOUND, "unknown service")
+            else:
+                self.conn.respond(event.stream_id, health_service.encode_response(status))
+
+    async def _watch(self, health: health_service.Health, event: CallEvent) -> None:
+        """Every status change as one message; ends when the front drains (health.py)."""
+        sid, conn = event.stream_id, self.conn
+        if not conn.start_stream(sid):
+            return
+        try:
+            async for message in health.watch(event.payload, cast(Any, None)):
+                if not conn.send_message(sid, message):
+                    return  # the client went away
+                self._schedule_flush()
+            conn.finish(sid)
+        finally:
+            self._schedule_flush()
+            self.server.changed()
+
+    # --- output ---------------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if transport is None:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            transport.write(data)
+        if self.conn.finished:
+            transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        limit = self.server.limits_buffer
+        over = self.inflight_bytes > (limit if not self._paused_memory else limit // 2)
+        self._paused_memory = over
+        if over or self._paused_write:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def drain(self) -> None:
+        self.conn.drain()
+        self._flush()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class NativeServer:
+    """The listening side: accepts connections, runs ``H2Protocol`` on each."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        buffer_limit: int,
+        health: health_service.Health | None = None,
+    ) -> None:
+        self.handler = handler
+        self.health = health
+        self.limits = limits
+        self.limits_buffer = buffer_limit
+        self.protocols: set[H2Protocol] = set()
+        self.stopping = False
+        self.unix_paths: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._changed = asyncio.Event()
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    async def start(self, sock: socket.socket | None = None, address: str = "") -> None:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_unix_server(lambda: H2Protocol(self), sock=sock)
+            return
+        host, _, port = address.rpartition(":")
+        self._server = await loop.create_server(
+            lambda: H2Protocol(self), host.strip("[]") or None, int(port), reuse_address=True
+        )
+
+    @property
+    def ports(self) -> list[int]:
+        """Bound TCP ports (useful with port 0)."""
+        if self._server is None:
+            return []
+        return [s.getsockname()[1] for s in self._server.sockets if s.family != socket.AF_UNIX]
+
+    async def stop(self, grace: float) -> None:
+        """GOAWAY everywhere, wait up to ``grace`` for open streams, close."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for proto in list(self.protocols):
+            proto.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(not p.conn.idle for p in self.protocols):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        for proto in list(self.protocols):
+            proto.abort()
+        await asyncio.sleep(0)
+
+
+async def start_native(
+    handler: Handler, settings: Settings, health: health_service.Health | None = None
+) -> NativeServer:
+    """Bind ``settings.socket`` (Unix: mode and stale-socket rules of ``ipc``) and serve.
+    ``health`` serves ``grpc.health.v1.Health`` (Check and Watch) on the same socket."""
+    limits = Limits(max_message=settings.max_message_bytes)
+    buffer_limit = 2 * settings.max_message_bytes
+    server = NativeServer(handler, limits, buffer_limit, health)
+    kind, address = parse_address(settings.socket)
+    if kind == "unix":
+        sock = sockets.bind_unix_listener(
+            Path(address), settings.socket_mode, group=settings.socket_gid()
+        )
+        server.unix_paths.append(address)
+        await server.start(sock=sock)
+    else:
+        await server.start(address=address)
+    return server

@@ -1,0 +1,326 @@
+"""Pure pool planning: given what happened, decide what the supervisor must do.
+
+No I/O, no clock of its own: every event carries ``now`` (monotonic seconds) and
+``plan(now)`` returns actions (spawn, signal, exit). ``next_wakeup`` tells the supervisor
+how long it may sleep. Tested on a fake clock in tests/unit/test_pool.py.
+
+Model: ``target`` logical slots (0..target-1) per generation. A process is STARTING until
+it reports READY, then READY; RETIRING once asked to stop (SIGTERM); STUCK once the front
+reported it past its deadline (SIGABRT then SIGKILL).
+
+Invariants:
+* At most one live non-retiring process per (generation, slot).
+* A new generation replaces the old one only when all its slots are READY (so calls are
+  never routed to code that has not imported); if one of its processes fails to import
+  (exit code 3), the reload is abandoned and the old generation keeps serving.
+* Generation numbers are never reused (an abandoned generation's leftovers stay
+  recognisable). A reload requested while one is in progress is never dropped: it is
+  coalesced into one more reload that starts when the current one ends, so the code and
+  configuration of the *last* SIGHUP always end up serving; ``reload_outcome`` is set only
+  when no reload is left to do (a storm of N SIGHUPs reports once).
+* Abnormal exits of current-generation workers respawn with exponential backoff per slot
+  (0.1 s doubling to 30 s); a process alive for more than ``STABLE_AFTER`` seconds resets
+  its slot's backoff. A crash loop never stops the supervisor: it reports ``degraded``.
+* At first start, an import failure stops the whole server with exit code 3.
+* Stop: the front drains first (it answers every call it accepted), then workers get
+  SIGTERM, then SIGKILL after ``graceful_timeout``.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tykworker.errors import ExitCode
+
+BACKOFF_START = 0.1
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 10.0
+ABORT_GRACE = 2.0  # seconds between SIGABRT (stack dump) and SIGKILL
+
+
+class ProcState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RETIRING = "retiring"
+    STUCK = "stuck"
+
+
+class Phase(enum.Enum):
+    BOOT = "boot"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+@dataclass(slots=True)
+class Proc:
+    pid: int
+    generation: int  # 0 = the front
+    slot: int
+    started_at: float
+    state: ProcState = ProcState.STARTING
+    signalled_at: float | None = None  # when SIGTERM/SIGABRT was sent
+    killed: bool = False  # SIGKILL sent; only reaping is left
+
+    @property
+    def is_front(self) -> bool:
+        return self.generation == 0
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnWorker:
+    slot: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFront:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    pid: int
+    signum: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    code: int
+
+
+PoolAction = SpawnWorker | SpawnFront | Signal | Exit
+
+
+@dataclass(slots=True)
+class Pool:
+    target: int
+    graceful_timeout: float
+    generation: int = 1
+    pending_generation: int | None = None  # reload in progress
+    newest_generation: int = 1  # highest generation number ever started
+    reload_queued: bool = False  # a SIGHUP arrived during the reload in progress
+    phase: Phase = Phase.BOOT
+    procs: dict[int, Proc] = field(default_factory=dict)
+    failures: dict[tuple[int, int], int] = field(default_factory=dict)  # (gen, slot)
+    not_before: dict[tuple[int, int], float] = field(default_factory=dict)
+    front_ready: bool = False
+    fast_stop: bool = False
+    restarts: int = 0
+    abandoned: set[int] = field(default_factory=set)  # generations whose reload failed
+    reload_outcome: str | None = None  # "ready"/"failed" once a reload ends; consumer clears
+    exit_code: int = ExitCode.OK
+    events: list[str] = field(default_factory=list)  # human log lines for the supervisor
+
+    # --- events ---------------------------------------------------------------------
+    def spawned(self, pid: int, generation: int, slot: int, now: float) -> None:
+        self.procs[pid] = Proc(pid, generation, slot, now)
+
+    def ready(self, pid: int) -> None:
+        proc = self.procs.get(pid)
+        if proc is None or proc.state is not ProcState.STARTING:
+            return
+        proc.state = ProcState.READY
+        if proc.is_front:
+            self.front_ready = True
+
+    def stuck(self, pid: int, now: float) -> list[PoolAction]:
+        proc = self.procs.get(pid)
+        if proc is None or proc.is_front or proc.state is ProcState.STUCK:
+            return []
+        proc.state, proc.signalled_at = ProcState.STUCK, now
+        return [Signal(pid, signal.SIGABRT, "call past its deadline")]
+
+    def exited(self, pid: int, code: int | None, now: float) -> None:
+        """A child was reaped. ``code`` is the exit code, or None if killed by a signal."""
+        proc = self.procs.pop(pid, None)
+        if proc is None:
+            return
+        if proc.is_front:
+            self.front_ready = False
+        if code == ExitCode.PLUGIN_LOAD_ERROR and proc.state is ProcState.STARTING:
+            self._import_failed(proc)
+        if self.phase is Phase.STOPPING or proc.state is ProcState.RETIRING:
+            return
+        if code == ExitCode.OK or proc.state is ProcState.STUCK:
+            self.restarts += proc.state is ProcState.STUCK
+            return  # recycled or killed on purpose: refill at once
+        key = (proc.generation, proc.slot)
+        if now - proc.started_at > STABLE_AFTER:
+            self.failures.pop(key, None)
+        count = self.failures.get(key, 0) + 1
+        self.failures[key] = count
+        self.not_before[key] = now + min(BACKOFF_START * 2 ** (count - 1), BACKOFF_MAX)
+        self.restarts += 1
+
+    def reload(self) -> None:
+        if self.phase is Phase.STOPPING:
+            return
+        if self.pending_generation is not None:
+            self.reload_queued = True  # coalesced: starts when the current one ends
+            return
+        self._begin_reload()
+
+    def stop(self, graceful: bool) -> None:
+        self.phase = Phase.STOPPING
+        self.fast_stop = self.fast_stop or not graceful
+
+    def resize(self, delta: int) -> None:
+        self.target = max(1, self.target + delta)
+
+    # --- planning -------------------------------------------------------------------
+    def plan(self, now: float) -> list[PoolAction]:
+        if self.phase is Phase.STOPPING:
+            return self._plan_stop(now)
+        actions: list[PoolAction] = []
+        if self._front() is None and self._may_spawn((0, 0), now):
+            actions.append(SpawnFront())
+        actions += self._fill(self.generation, now)
+        pending = self.pending_generation
+        if pending is not None:
+            actions += self._fill(pending, now)
+            actions += self._maybe_switch(now)
+            if self.pending_generation not in (None, pending):  # a queued reload began
+                actions += self._fill(self.pending_generation, now)
+        if self.abandoned:
+            actions += self._retire(lambda p: p.generation in self.abandoned, now, "reload failed")
+        actions += self._retire_surplus(now)
+        actions += self._escalate(now)
+        if self.phase is Phase.BOOT and self.front_ready and self.ready_count() >= self.target:
+            self.phase = Phase.RUNNING
+        return actions
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Seconds until ``plan`` may have something new to do on its own (None = only
+        events can change anything)."""
+        times = [t for t in self.not_before.values() if t > now]
+        times += [
+            p.signalled_at + (ABORT_GRACE if p.state is ProcState.STUCK else self.graceful_timeout)
+            for p in self.procs.values()
+            if p.signalled_at is not None and not p.killed
+        ]
+        return max(0.0, min(times) - now) if times else None
+
+    # --- queries --------------------------------------------------------------------
+    def ready_count(self, generation: int | None = None) -> int:
+        gen = self.generation if generation is None else generation
+        return sum(
+            1 for p in self.procs.values() if p.generation == gen and p.state is ProcState.READY
+        )
+
+    @property
+    def degraded(self) -> bool:
+        return self.phase is not Phase.STOPPING and (
+            self.ready_count() < self.target or not self.front_ready
+        )
+
+    # --- internals ------------------------------------------------------------------
+    def _front(self) -> Proc | None:
+        return next((p for p in self.procs.values() if p.is_front), None)
+
+    def _may_spawn(self, key: tuple[int, int], now: float) -> bool:
+        return now >= self.not_before.get(key, 0.0)
+
+    def _fill(self, generation: int, now: float) -> list[PoolAction]:
+        live = {
+            p.slot
+            for p in self.procs.values()
+            if p.generation == generation and p.state is not ProcState.RETIRING
+        }
+        return [
+            SpawnWorker(slot, generation)
+            for slot in range(self.target)
+            if slot not in live and self._may_spawn((generation, slot), now)
+        ]
+
+    def _maybe_switch(self, now: float) -> list[PoolAction]:
+        new = self.pending_generation
+        if new is None or self.ready_count(new) < self.target:
+            return []
+        old, self.generation, self.pending_generation = self.generation, new, None
+        self.events.append(f"generation {new} ready, retiring generation {old}")
+        self._end_reload("ready")
+        return self._retire(lambda p: p.generation == old, now, "replaced by a reload")
+
+    def _retire_surplus(self, now: float) -> list[PoolAction]:
+        return self._retire(
+            lambda p: not p.is_front and p.generation == self.generation and p.slot >= self.target,
+            now,
+            "pool shrunk",
+        )
+
+    def _retire(self, which: Callable[[Proc], bool], now: float, reason: str) -> list[PoolAction]:
+        actions: list[PoolAction] = []
+        for proc in self.procs.values():
+            if which(proc) and proc.state in (
+                ProcState.STARTING,
+                ProcState.READY,
+            ):
+                proc.state, proc.signalled_at = ProcState.RETIRING, now
+                actions.append(Signal(proc.pid, signal.SIGTERM, reason))
+        return actions
+
+    def _escalate(self, now: float) -> list[PoolAction]:
+        actions: list[PoolAction] = []
+        for proc in self.procs.values():
+            if proc.signalled_at is None or proc.killed:
+                continue
+            grace = ABORT_GRACE if proc.state is ProcState.STUCK else self.graceful_timeout
+            if now >= proc.signalled_at + grace:
+                proc.killed = True  # SIGKILL once; reaping removes it
+                actions.append(Signal(proc.pid, signal.SIGKILL, "did not exit in time"))
+        return actions
+
+    def _import_failed(self, proc: Proc) -> None:
+        if self.phase is Phase.BOOT and proc.generation == self.generation:
+            self.events.append("plugins failed to import at start; stopping")
+            self.exit_code = ExitCode.PLUGIN_LOAD_ERROR
+            self.stop(graceful=False)
+        elif proc.generation == self.pending_generation:
+            self.events.append(
+                f"reload abandoned: generation {proc.generation} failed to import; "
+                f"generation {self.generation} keeps serving"
+            )
+            self._abandon_reload()
+
+    def _abandon_reload(self) -> None:
+        if self.pending_generation is not None:
+            self.abandoned.add(self.pending_generation)
+        self.pending_generation = None
+        self._end_reload("failed")
+
+    def _begin_reload(self) -> None:
+        self.reload_queued = False
+        self.newest_generation = max(self.newest_generation, self.generation) + 1
+        self.pending_generation = self.newest_generation
+
+    def _end_reload(self, outcome: str) -> None:
+        if self.reload_queued and self.phase is not Phase.STOPPING:
+            self.events.append(
+                f"reload {outcome}, but another was requested meanwhile: "
+                f"starting generation {max(self.newest_generation, self.generation) + 1}"
+            )
+            self._begin_reload()
+        else:
+            self.reload_queued = False
+            self.reload_outcome = outcome
+
+    def _plan_stop(self, now: float) -> list[PoolAction]:
+        actions: list[PoolAction] = []
+        front = self._front()
+        sig = signal.SIGQUIT if self.fast_stop else signal.SIGTERM
+        for proc in self.procs.values():
+            if proc.killed or proc.state is ProcState.STUCK:
+                continue
+            if proc.state is ProcState.RETIRING and proc.signalled_at is not None:
+                continue
+            if proc.is_front or front is None or self.fast_stop:
+                proc.state, proc.signalled_at = ProcState.RETIRING, now
+                actions.append(Signal(proc.pid, sig, "stopping"))
+        actions += self._escalate(now)
+        if not self.procs:
+            actions.append(Exit(self.exit_code))
+        return actions

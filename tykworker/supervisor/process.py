@@ -1,0 +1,498 @@
+"""The supervisor: forks the front and the workers, reaps, restarts, reloads, stops.
+
+It never imports grpc (grpcio cannot survive ``fork`` once a gRPC object exists) and never
+runs plugin code: both happen only in children. ``pool.Pool`` decides; this module acts
+(fork, signal, reap, sd_notify, scoreboard header).
+
+Loop (STYLE.md §4): signal handlers only push the signal number on a queue; the loop
+blocks in ``selectors`` on the signal wake-up socket and the status pipe, with a timeout
+taken from ``Pool.next_wakeup``. No fixed polling.
+
+Signals: HUP = rolling reload (re-reads config; an invalid one is logged and the old one
+kept), TERM = graceful stop, INT/QUIT = fast stop, TTIN/TTOU = one worker more/less,
+CHLD = reap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import psutil
+
+from tykworker.config import RESTART_ONLY, Settings, live_settings, parse_address
+from tykworker.errors import ConfigError, ExitCode, ProtocolError
+from tykworker.store import STORE_FILENAME, SQLiteStore
+from tykworker.supervisor.pool import (
+    Exit,
+    Phase,
+    Pool,
+    PoolAction,
+    ProcState,
+    Signal,
+    SpawnFront,
+    SpawnWorker,
+)
+from tykworker.system import crashlog, kernel, proctitle, sockets, systemd
+from tykworker.wire import control
+from tykworker.wire.frames import FrameDecoder
+from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
+from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotView
+
+log = logging.getLogger("tykworker.supervisor")
+
+_HANDLED = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+
+class Supervisor:
+    def __init__(
+        self, settings: Settings, reload_settings: Callable[[], Settings], children: Children
+    ) -> None:
+        self.children = children
+        self.settings = settings
+        self.reload_settings = reload_settings
+        self.runtime_dir = settings.resolved_runtime_dir()
+        self.pool = Pool(target=settings.workers, graceful_timeout=settings.graceful_timeout)
+        self.signals: deque[int] = deque()
+        self.index_of: dict[int, int] = {}  # pid -> scoreboard slot
+        self.settings_of: dict[int, Settings] = {1: settings}  # generation -> settings
+        self.latest = settings  # settings read by the last SIGHUP
+        self.notifier = systemd.Notifier()
+        self.last_status = ""
+        self.announced = False
+        self.reloads = 0
+        self.reload_failures = 0
+        self.front_pid = 0
+
+    # --- set-up ---------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self._claim_public_sockets()  # refuse before forking anything
+        _become_subreaper()
+        self.runtime_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # Private even when it already existed (e.g. a 0755 RuntimeDirectory=): the store
+        # in it holds plugin data, created with the usual 0644.
+        os.chmod(self.runtime_dir, 0o750)
+        for stale in self.runtime_dir.glob("stack.*"):  # left by a supervisor that was killed
+            stale.unlink(missing_ok=True)
+        self.identity = identity = self._worker_identity()
+        self.board = Scoreboard.create(self.runtime_dir / "scoreboard")
+        if not self.settings.redis_url:
+            store = SQLiteStore(self.runtime_dir / STORE_FILENAME)
+            store.initialise()  # before any worker opens it concurrently
+            store.close()
+        self.board.write_header(target_workers=self.pool.target, generation=1)
+        (self.runtime_dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
+        self.bridge_path = self.runtime_dir / "bridge.sock"
+        self.bridge = sockets.bind_unix_listener(self.bridge_path, 0o600)
+        if identity is not None:
+            self._share_runtime_dir(*identity[:2])
+        self.status_r, self.status_w = os.pipe()
+        os.set_blocking(self.status_r, False)
+        # Supervisor -> front: the settings the front applies without a restart (SIGHUP).
+        self.config_r, self.config_w = os.pipe()
+        os.set_blocking(self.config_w, False)
+        self.wake_r, self.wake_w = socket.socketpair()
+        for sock in (self.wake_r, self.wake_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in _HANDLED:
+            signal.signal(signum, self._record)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self.selector.register(self.status_r, selectors.EVENT_READ)
+        self.status_decoder = FrameDecoder(control.PIPE_BUF)
+
+    def _claim_public_sockets(self) -> None:
+        """The front binds the public sockets; what would make it fail is refused here,
+        with exit code 2, instead of crash-looping the front: a path holding a non-socket,
+        a live server, a group the socket cannot be given."""
+        kind, address = parse_address(self.settings.socket)
+        paths = [address] if kind == "unix" else []
+        paths += [self.settings.raw_socket] if self.settings.raw_socket else []
+        for path in paths:
+            sockets.claim_unix_path(path)
+        try:
+            gid = self.settings.socket_gid()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        mine = {os.getegid(), *os.getgroups()}
+        if paths and gid is not None and os.geteuid() != 0 and gid not in mine:
+            raise ConfigError(f"socket_group {self.settings.socket_group!r}: not a member")
+
+    def _worker_identity(self) -> tuple[int, int, tuple[int, ...]] | None:
+        """Who workers run as (``user``/``group``); refuses what cannot work before
+        forking anything."""
+        try:
+            identity = self.settings.worker_identity()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if identity is None or os.geteuid() == 0:
+            return identity
+        if identity[:2] == (os.getuid(), os.getgid()):
+            return None  # already those ids: nothing to drop
+        raise ConfigError(
+            f"user/group settings need the server to start as root (running as uid "
+            f"{os.geteuid()}); drop them or start as root"
+        )
+
+    def _share_runtime_dir(self, uid: int, gid: int) -> None:
+        """Let workers that dropped privileges keep their embedded store in the runtime
+        directory, and nothing else: root-owned, group = the workers' group, sticky (they
+        create files, but cannot remove or replace the bridge socket, the scoreboard or
+        the pid file). The scoreboard and the bridge connection are opened before the
+        drop; store files left by an earlier run as another user become the workers'."""
+        os.chown(self.runtime_dir, 0, gid)
+        os.chmod(self.runtime_dir, 0o1770)
+        for path in self.runtime_dir.glob(STORE_FILENAME + "*"):
+            os.chown(path, uid, gid, follow_symlinks=False)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)
+
+    # --- main loop ------------------------------------------------------------------
+    def run(self) -> int:
+        proctitle.set(f"supervisor {self.settings.socket}")
+        self._prepare()
+        try:
+            while True:
+                for action in self.pool.plan(time.monotonic()):
+                    if isinstance(action, Exit):
+                        return action.code
+                    self._act(action)
+                self._flush_events()
+                self._publish()
+                timeout = self.pool.next_wakeup(time.monotonic())
+                self._wait(timeout if timeout is not None else 30.0)
+        finally:
+            self._cleanup()
+
+    def _wait(self, timeout: float) -> None:
+        self.notifier.watchdog_ping()
+        for key, _ in self.selector.select(min(timeout, self._watchdog_period())):
+            if key.fileobj is self.wake_r:
+                self._drain_wakeups()
+            else:
+                self._read_status()
+        while self.signals:
+            self._on_signal(self.signals.popleft())
+
+    def _watchdog_period(self) -> float:
+        interval = self.notifier.watchdog_interval
+        return interval / 4 if interval else 30.0
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_signal(self, signum: int) -> None:
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGCHLD: self._reap,
+            signal.SIGHUP: self._reload,
+            signal.SIGTERM: lambda: self._stop(graceful=True),
+            signal.SIGINT: lambda: self._stop(graceful=False),
+            signal.SIGQUIT: lambda: self._stop(graceful=False),
+            signal.SIGTTIN: lambda: self._resize(+1),
+            signal.SIGTTOU: lambda: self._resize(-1),
+        }
+        handlers[signum]()
+
+    # --- events ---------------------------------------------------------------------
+    def _reap(self) -> None:
+        reaped = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped = True
+            code = os.waitstatus_to_exitcode(status)
+            proc = self.pool.procs.get(pid)
+            if proc is None:
+                continue  # an orphan a plugin left behind, reparented to us
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # whatever the worker's plugins spawned
+            self._log_exit(pid, code, proc.state if proc else None)
+            index = self.index_of.pop(pid, None)
+            if index is not None:
+                self._log_stack(pid, self.board.slot(index))
+                self.board.clear_slot(index)
+            self.pool.exited(pid, code if code >= 0 else None, time.monotonic())
+            if pid == self.front_pid and self.pool.phase is Phase.STOPPING:
+                # Nobody will accept bridge connections any more: reset those waiting in
+                # the backlog so their workers see EOF and exit now.
+                self.bridge.close()
+        if reaped:
+            self._kill_strays()
+
+    def _kill_strays(self) -> None:
+        """Kill every child we did not fork. As the subreaper we inherit what a plugin
+        left when its worker exited: what stayed in the worker's process group died
+        with it (``killpg`` above), this catches what left the group (``setsid``). Their
+        own children are reparented to us in turn and caught at the next reap."""
+        for child in _children():
+            if child.pid in self.pool.procs:
+                continue
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                log.warning("killing pid %d (%s), left behind by a plugin", child.pid, child.name())
+                os.kill(child.pid, signal.SIGKILL)
+
+    def _log_stack(self, pid: int, slot: SlotView) -> None:
+        """The dead worker's fatal-signal stack dump, if any, as one record naming the call
+        its slot showed (crashlog.py)."""
+        dump = crashlog.collect(crashlog.stack_path(self.runtime_dir, pid))
+        if not dump:
+            return
+        busy = slot.state is SlotState.BUSY and slot.pid == pid
+        call = f"call {slot.call_id} hook {slot.hook!r}" if busy else "no call"
+        log.error(
+            "worker pid %d died during %s; stacks of all its threads:\n%s", pid, call, dump,
+            extra={"worker_pid": pid, "generation": slot.generation,
+                   "call_id": slot.call_id if busy else None, "hook": slot.hook if busy else None},
+        )  # fmt: skip
+
+    def _log_exit(self, pid: int, code: int, state: ProcState | None) -> None:
+        what = "front" if pid == self.front_pid else "worker"
+        if code < 0:
+            level = logging.INFO if state is ProcState.RETIRING else logging.ERROR
+            log.log(level, "%s pid %d killed by signal %s", what, pid, signal.Signals(-code).name)
+        elif code != 0:
+            log.error("%s pid %d exited with code %d", what, pid, code)
+        else:
+            log.debug("%s pid %d exited", what, pid)
+
+    def _read_status(self) -> None:
+        try:
+            data = os.read(self.status_r, 65536)
+        except BlockingIOError:
+            return
+        try:
+            self.status_decoder.feed(data)
+            while (frame := self.status_decoder.next_frame()) is not None:
+                self._on_status(control.decode_control(frame.payload))
+        except (ProtocolError, ValueError) as exc:
+            log.error("bad status message: %s", exc)
+            self.status_decoder = FrameDecoder(control.PIPE_BUF)
+
+    def _on_status(self, message: dict[str, object]) -> None:
+        op, pid = message["op"], int(message.get("pid", 0))  # type: ignore[call-overload]
+        if op == "ready":
+            self.pool.ready(pid)
+        elif op == "stuck":
+            worker = int(message["worker"])  # type: ignore[call-overload]
+            log.error(
+                "worker pid %d stuck on call %s hook %r for %.1fs: dumping its stacks "
+                "(SIGABRT) then killing it",
+                worker,
+                message.get("call_id"),
+                message.get("hook"),
+                message.get("elapsed"),
+                extra={
+                    "call_id": message.get("call_id"),
+                    "hook": message.get("hook"),
+                    "worker_pid": worker,
+                },
+            )
+            for action in self.pool.stuck(worker, time.monotonic()):
+                self._act(action)
+
+    def _reload(self) -> None:
+        log.info("SIGHUP: reloading configuration and plugins")
+        self.notifier.reloading()
+        try:
+            new = self.reload_settings()
+        except ConfigError as exc:
+            log.error("reload: invalid configuration, keeping the current one: %s", exc)
+            new = self.settings
+        self.latest = new  # what the next generation to start runs with
+        if new is not self.settings:
+            self._send_front_config(new)
+        if self.pool.phase is not Phase.STOPPING:
+            self.pool.target = new.workers
+        self.pool.reload()
+
+    def _send_front_config(self, new: Settings) -> None:
+        """Hand the front the settings it applies live (deadlines, fail-open, queue size);
+        say which changed settings only a restart applies."""
+        restart = [f for f in RESTART_ONLY if getattr(new, f) != getattr(self.settings, f)]
+        if restart:
+            log.warning("reload: %s changed; a restart applies them", ", ".join(restart))
+        try:
+            os.write(self.config_w, control.encode_control("config", **live_settings(new)))
+        except BlockingIOError:
+            log.error("reload: the front is not reading its settings; kept the old ones")
+
+    def _stop(self, graceful: bool) -> None:
+        log.info("%s stop requested", "graceful" if graceful else "fast")
+        self.notifier.stopping()
+        self.pool.stop(graceful)
+
+    def _resize(self, delta: int) -> None:
+        self.pool.resize(delta)
+        log.info("pool target is now %d workers", self.pool.target)
+        self.board.write_header(target_workers=self.pool.target)
+
+    # --- actions --------------------------------------------------------------------
+    def _act(self, action: PoolAction) -> None:
+        if isinstance(action, SpawnWorker):
+            self._spawn_worker(action.slot, action.generation)
+        elif isinstance(action, SpawnFront):
+            self._spawn_front()
+        elif isinstance(action, Signal):
+            log.debug(
+                "signal %s to pid %d: %s",
+                signal.Signals(action.signum).name,
+                action.pid,
+                action.reason,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(action.pid, action.signum)
+
+    def _fork(self, child: Callable[[], int]) -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        code: int = ExitCode.ERROR
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in _HANDLED:
+                signal.signal(signum, signal.SIG_DFL)
+            self.selector.close()
+            os.close(self.status_r)
+            os.close(self.config_w)
+            kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)  # supervisor gone -> drain, exit
+            code = child()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _spawn_worker(self, slot: int, generation: int) -> None:
+        taken = set(self.index_of.values())
+        index = self.board.free_index(taken)
+        # A generation runs with the settings read by the last SIGHUP before it started.
+        settings = self.settings_of.setdefault(generation, self.latest)
+        spec = WorkerSpec(
+            generation,
+            slot,
+            index,
+            self.bridge_path,
+            self.status_w,
+            self.board.path,
+            self.identity,
+        )
+
+        def child() -> int:
+            os.setpgid(0, 0)  # own group: what its plugins spawn dies with it
+            self.bridge.close()
+            return self.children.worker(settings, spec)
+
+        pid = self._fork(child)
+        self.index_of[pid] = index
+        self.pool.spawned(pid, generation, slot, time.monotonic())
+
+    def _spawn_front(self) -> None:
+        spec_args = (self.bridge, self.status_w, self.board.path, self.config_r)
+
+        def child() -> int:
+            return self.children.front(self.settings, FrontSpec(*spec_args))
+
+        self.front_pid = self._fork(child)
+        self.pool.spawned(self.front_pid, 0, 0, time.monotonic())
+
+    # --- reporting ------------------------------------------------------------------
+    def _flush_events(self) -> None:
+        pool = self.pool
+        for line in pool.events:
+            log.info("%s", line)
+        pool.events.clear()
+        outcome, pool.reload_outcome = pool.reload_outcome, None
+        if outcome == "failed":
+            log.error("reload failed: generation %d keeps serving", pool.generation)
+            self.reload_failures += 1
+            self.board.write_header(reload_failures=self.reload_failures)
+        elif outcome == "ready":
+            self.reloads += 1
+            self.board.write_header(reloads=self.reloads)
+        if outcome is not None:
+            self.settings = self.settings_of.get(pool.generation, self.settings)
+            self.notifier.ready(f"reload {outcome}; {self._status_text()}")
+
+    def _publish(self) -> None:
+        pool = self.pool
+        self.board.write_header(
+            generation=pool.generation,
+            restarts=pool.restarts,
+            degraded=pool.degraded,
+            target_workers=pool.target,
+        )
+        text = self._status_text()
+        if not self.announced and pool.phase is Phase.RUNNING:
+            self.announced = True
+            log.info("ready: %s", text)
+            self.notifier.ready(text)
+        elif text != self.last_status:
+            self.notifier.status(text)
+        self.last_status = text
+
+    def _status_text(self) -> str:
+        pool = self.pool
+        state = "degraded" if pool.degraded else "ok"
+        return (
+            f"{state}: {pool.ready_count()}/{pool.target} workers ready, "
+            f"generation {pool.generation}, restarts {pool.restarts}"
+        )
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.bridge.close()
+        for path in (self.bridge_path, self.runtime_dir / "supervisor.pid"):
+            path.unlink(missing_ok=True)
+        kind, address = parse_address(self.settings.socket)
+        if kind == "unix" and Path(address).is_socket():
+            Path(address).unlink(missing_ok=True)
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children()
+    except psutil.Error:
+        return []
+
+
+def _become_subreaper() -> None:
+    """Orphans of plugin subprocesses get reparented to us, so we reap them (no zombies)."""
+    if not kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1):
+        log.debug("prctl(PR_SET_CHILD_SUBREAPER) unavailable")
+
+
+def serve(settings: Settings, reload_settings: Callable[[], Settings], children: Children) -> int:
+    """Run the server until stopped; returns the process exit code."""
+    if "grpc" in sys.modules:
+        raise RuntimeError("the supervisor must not import grpc before forking")
+    return Supervisor(settings, reload_settings, children).run()

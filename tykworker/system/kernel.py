@@ -1,0 +1,34 @@
+"""Process credentials and Linux ``prctl``: parent-death signal, subreaper, privilege drop.
+
+``drop_privileges`` does setgroups, setgid, setuid, in that order, then re-arms the
+parent-death signal the kernel clears on a credential change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prctl(option: int, value: int) -> bool:
+    """Linux ``prctl(option, value)``; False where unavailable."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return False
+
+
+def drop_privileges(uid: int, gid: int, groups: tuple[int, ...], death_signal: int) -> None:
+    """Become ``uid``/``gid`` with exactly ``groups`` as supplementary groups, for good
+    (real, effective and saved ids). Raises PermissionError unless running as root (or
+    already those ids)."""
+    if (os.getuid(), os.getgid()) == (uid, gid) and set(os.getgroups()) == set(groups):
+        return
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # The kernel clears PR_SET_PDEATHSIG when credentials change: arm it again.
+    prctl(PR_SET_PDEATHSIG, death_signal)

@@ -1,0 +1,114 @@
+"""Answers given to the gateway when a hook cannot produce its own reply.
+
+Pure: no I/O. Used by the front (timeout, crash, overload, draining) and by the worker's
+dispatch step (hook raised, unknown hook, bad payload).
+
+How an answer is built without parsing the request: protobuf merges concatenated
+encodings, so ``original_object_bytes + fragment`` decodes as the original Object with the
+fragment's fields set on top (scalars replaced, map entries added or replaced). The
+fragment is a pre-encoded ``Object`` holding only ``request.return_overrides`` (request
+hooks) or only ``response.status_code``/``raw_body``/``headers`` (Response hooks, whose
+``return_overrides`` the gateway ignores). Everything else the gateway reads back
+(``raw_body``, ``url``, ``method``...) is therefore echoed unchanged, as it must be.
+
+Per hook type and reason (fail *closed*, the default):
+
+============  =========================================  ==================================
+reason        Pre / Post / PostKeyAuth / auth            Response
+============  =========================================  ==================================
+timeout       return_overrides 504 "Plugin timeout"      response 504 + JSON error body
+crash         return_overrides 502 "Plugin crashed"      response 502 + JSON error body
+overload      return_overrides 503 "Plugin overloaded"   response 503 + JSON error body
+unavailable   return_overrides 503 "Plugin unavailable"  response 503 + JSON error body
+============  =========================================  ==================================
+
+Fail *open* (opt-in per hook type, never for auth): the original bytes unchanged, i.e. the
+request or response continues as if the hook had done nothing. Events get an empty
+``EventReply`` whatever happened (the gateway ignores it).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from functools import cache
+from typing import Final
+
+from tykworker._proto import coprocess_common_pb2 as common_pb2
+from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker._proto import coprocess_response_object_pb2 as response_pb2
+from tykworker._proto import coprocess_return_overrides_pb2 as overrides_pb2
+
+RESPONSE_HOOK: Final = common_pb2.Response
+#: Header added to every answer tykworker makes on a hook's behalf.
+ANSWER_HEADER: Final = "X-Tykworker-Error"
+
+
+class Reason(enum.Enum):
+    """Why tykworker answered instead of the hook. Value = (status, message)."""
+
+    TIMEOUT = (504, "Plugin timeout")
+    CRASH = (502, "Plugin crashed")
+    OVERLOAD = (503, "Plugin overloaded")
+    UNAVAILABLE = (503, "Plugin unavailable")
+    HOOK_ERROR = (500, "Plugin error")
+    NO_HOOK = (500, "Plugin hook not found")
+    BAD_REQUEST = (400, "Malformed plugin call")
+
+    @property
+    def status(self) -> int:
+        return self.value[0]
+
+    @property
+    def message(self) -> str:
+        return self.value[1]
+
+    @property
+    def code(self) -> str:
+        """Short machine name, used in the X-Tykworker-Error header and in metrics."""
+        return self.name.lower()
+
+
+def override_fragment(hook_type: int, status: int, message: str, code: str) -> bytes:
+    """Encoded Object fragment that, appended to a request, sets the error answer."""
+    headers = {ANSWER_HEADER: code}
+    if hook_type == RESPONSE_HOOK:
+        body = json.dumps({"error": message}).encode()
+        fragment = object_pb2.Object(
+            response=response_pb2.ResponseObject(
+                status_code=status,
+                raw_body=body,
+                headers={**headers, "Content-Type": "application/json"},
+            )
+        )
+    else:
+        fragment = object_pb2.Object(
+            request=request_pb2.MiniRequestObject(
+                return_overrides=overrides_pb2.ReturnOverrides(
+                    response_code=status, response_error=message, headers=headers
+                )
+            )
+        )
+    return fragment.SerializeToString()
+
+
+@cache
+def _cached_fragment(hook_type: int, reason: Reason) -> bytes:
+    return override_fragment(hook_type, reason.status, reason.message, reason.code)
+
+
+def failure_reply(original: bytes, hook_type: int, reason: Reason, fail_open: bool) -> bytes:
+    """Reply bytes for a Dispatch call that the hook did not answer.
+
+    ``original`` is the request exactly as the gateway sent it. Auth hooks never fail open
+    (the caller's settings forbid it), since the gateway would then answer 403 anyway.
+    """
+    if fail_open:
+        return original
+    return original + _cached_fragment(hook_type, reason)
+
+
+def event_reply() -> bytes:
+    """The (empty) ``EventReply`` every DispatchEvent gets."""
+    return b""

@@ -1,0 +1,212 @@
+"""Sans-IO frame codec for the private bridge and the public raw socket.
+
+Frame layout (all integers big-endian), 16-byte header then payload::
+
+    offset  size  field
+    0       2     magic   b"TW"
+    2       1     version 1
+    3       1     kind    FrameKind
+    4       4     length  payload length in bytes (<= the decoder's max_payload)
+    8       8     call_id chosen by the sender of a request, echoed by its reply
+    16      len   payload
+
+Payloads of DISPATCH/EVENT/REPLY are protobuf bytes passed through untouched
+(``coprocess.Object``, ``coprocess.Event``, ``coprocess.Object``/``EventReply``). Control
+payloads (HELLO, DRAIN, STATUS...) are msgpack maps.
+
+Invariants (h11-style):
+* No I/O here. ``FrameDecoder.feed`` takes whatever bytes arrived; ``next_frame`` returns a
+  complete ``Frame`` or ``None`` (need more data). Feeding byte by byte or all at once
+  yields the same frames.
+* A violation raises ``ProtocolError`` once and leaves the decoder in ERROR: every later
+  call raises again. The caller closes that channel.
+* Decoding a large frame is linear: the buffer is compacted lazily and the header is parsed
+  once per frame.
+
+This module also holds the only other byte-level knowledge of the system:
+``peek_object_header`` reads ``hook_type``/``hook_name`` from the top level of an encoded
+``coprocess.Object`` without decoding nested messages (fields are skipped by length).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Final, NoReturn
+
+from tykworker.errors import ProtocolError
+
+MAGIC: Final = b"TW"
+VERSION: Final = 1
+HEADER: Final = struct.Struct(">2sBBIQ")
+HEADER_SIZE: Final = HEADER.size  # 16
+DEFAULT_MAX_PAYLOAD: Final = 64 * 1024 * 1024
+
+
+class FrameKind(enum.IntEnum):
+    """What a frame carries. Requests travel front->worker (or client->front on the raw
+    socket); REPLY/ERROR travel back with the request's call id."""
+
+    DISPATCH = 1  # payload: coprocess.Object
+    EVENT = 2  # payload: coprocess.Event
+    REPLY = 3  # payload: coprocess.Object (Dispatch) or coprocess.EventReply (Event)
+    ERROR = 4  # payload: UTF-8 text; raw socket only, for frames that cannot be served
+    HELLO = 10  # worker -> front: msgpack {pid, generation, index}; worker is READY
+    DRAIN = 11  # worker -> front: send me no more calls, close when my call is done
+    CONTROL = 12  # msgpack map: status pipe to the supervisor; worker -> front "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: FrameKind
+    call_id: int
+    payload: bytes
+
+
+def encode_frame(kind: FrameKind, call_id: int, payload: bytes = b"") -> bytes:
+    """Header + payload as one bytes object.
+
+    Raises ``ProtocolError`` if ``call_id`` is outside 0..2**64-1 or the payload is 4 GiB
+    or more (the header cannot represent them).
+    """
+    return encode_header(kind, call_id, len(payload)) + payload
+
+
+def encode_header(kind: FrameKind, call_id: int, length: int) -> bytes:
+    """Just the header, for writers that send a large payload without copying it.
+
+    Raises ``ProtocolError`` like ``encode_frame``.
+    """
+    try:
+        return HEADER.pack(MAGIC, VERSION, kind, length, call_id)
+    except struct.error as exc:
+        # This module raises only ProtocolError (STYLE.md section 9).
+        raise ProtocolError(f"cannot encode a frame header: {exc}") from exc
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed`` bytes, then call ``next_frame`` until it returns None."""
+
+    __slots__ = ("_buf", "_error", "_max", "_pending", "_pos")
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = max_payload
+        self._pending: tuple[FrameKind, int, int] | None = None  # parsed header
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+    @property
+    def in_error(self) -> bool:
+        return self._error is not None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None when more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        if self._pending is None:
+            if len(self._buf) - self._pos < HEADER_SIZE:
+                return None
+            self._pending = self._parse_header()
+        kind, length, call_id = self._pending
+        end = self._pos + HEADER_SIZE + length
+        if len(self._buf) < end:
+            return None
+        with memoryview(self._buf) as view:  # one copy (slicing a bytearray copies twice)
+            payload = bytes(view[self._pos + HEADER_SIZE : end])
+        self._pending = None
+        self._pos = end
+        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        return Frame(kind, call_id, payload)
+
+    def _parse_header(self) -> tuple[FrameKind, int, int]:
+        magic, version, kind, length, call_id = HEADER.unpack_from(self._buf, self._pos)
+        if magic != MAGIC:
+            self._fail(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
+        if version != VERSION:
+            self._fail(f"unsupported frame version {version}")
+        try:
+            frame_kind = FrameKind(kind)
+        except ValueError:
+            self._fail(f"unknown frame kind {kind}")
+        if length > self._max:
+            self._fail(f"frame payload of {length} bytes exceeds the limit of {self._max}")
+        return frame_kind, length, call_id
+
+    def _fail(self, message: str) -> NoReturn:
+        self._error = ProtocolError(message)
+        raise self._error
+
+
+# --- top-level peek into an encoded coprocess.Object ----------------------------------
+
+_WIRE_VARINT: Final = 0
+_WIRE_I64: Final = 1
+_WIRE_LEN: Final = 2
+_WIRE_I32: Final = 5
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def peek_object_header(data: bytes) -> tuple[int, str]:
+    """``(hook_type, hook_name)`` from the top level of an encoded ``coprocess.Object``.
+
+    Nested messages are skipped by their length prefix, so the cost is proportional to
+    the number of top-level fields (a handful), not to the payload size. Returns
+    ``(0, "")`` for anything that does not look like a valid Object; never raises.
+    """
+    hook_type, hook_name, pos = 0, "", 0
+    try:
+        while pos < len(data):
+            key, pos = _read_varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == _WIRE_VARINT:
+                value, pos = _read_varint(data, pos)
+                if number == 1:  # an enum is an int32: sign-extend as protobuf does
+                    hook_type = (value & 0xFFFFFFFF) - ((value & 0x80000000) << 1)
+            elif wire == _WIRE_LEN:
+                length, pos = _read_varint(data, pos)
+                if pos + length > len(data):
+                    raise ValueError("truncated field")
+                if number == 2:
+                    hook_name = data[pos : pos + length].decode("utf-8", "replace")
+                pos += length
+            elif wire == _WIRE_I64:
+                pos += 8
+            elif wire == _WIRE_I32:
+                pos += 4
+            else:
+                raise ValueError(f"unsupported wire type {wire}")
+            if pos > len(data):
+                raise ValueError("truncated fixed-width field")
+    except ValueError:
+        return 0, ""
+    return hook_type, hook_name

@@ -1,0 +1,53 @@
+"""What a child process receives from the supervisor when it is forked.
+
+The supervisor fills one of these in before ``fork``; the child reads it after. They carry
+descriptors and paths, never live objects of the supervisor, so the role packages share
+them without importing one another (``supervisor/`` never imports ``front/`` or
+``worker/``: it is handed their entry points, see ``Children``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
+
+    from tykworker.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class FrontSpec:
+    """What the supervisor hands the front it forks."""
+
+    bridge_sock: socket.socket
+    status_fd: int
+    scoreboard_path: Path
+    config_fd: int  # live settings from the supervisor (SIGHUP), see config.LIVE_SETTINGS
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What the supervisor hands a worker it forks."""
+
+    generation: int
+    slot: int  # logical pool slot
+    index: int  # scoreboard slot
+    bridge_path: Path
+    status_fd: int
+    scoreboard_path: Path
+    # (uid, gid, groups) to switch to before importing plugins; None: keep the parent's
+    identity: tuple[int, int, tuple[int, ...]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Children:
+    """The entry points of the processes the supervisor forks; each runs in the child only
+    and returns its exit code. The command line wires them in, so that importing the
+    supervisor never imports the front (grpc) or the worker (plugin code)."""
+
+    front: Callable[[Settings, FrontSpec], int]
+    worker: Callable[[Settings, WorkerSpec], int]

@@ -1,0 +1,240 @@
+"""One call: ``coprocess.Object`` bytes -> handler -> reply bytes (and events).
+
+Calling conventions (PROTOCOL.md 5.4), chosen by the handler's ``arg_count`` only:
+
+====  ==================================================  ==============================
+args  call                                                must return
+====  ==================================================  ==============================
+3     ``f(request, session, spec)``                       ``(request, session)``
+4     ``f(request, session, metadata, spec)``             ``(request, session, metadata)``
+5     ``f(request, response, session, metadata, spec)``   anything (``response``)
+====  ==================================================  ==============================
+
+``request`` wraps the live ``MiniRequestObject``; ``session``, ``response``, ``spec`` and
+``metadata`` (= ``session.metadata``, as in Tyk) are live parts of the received Object.
+The reply is that same Object, serialised after the hook mutated it, so every field the
+gateway reads back is echoed. Improvements over Tyk, none of which changes a working
+plugin: a returned *new* ``SessionState``/``ResponseObject``/``MiniRequestObject`` is copied
+into the reply (Tyk silently dropped it) and returned metadata may be a plain ``dict``.
+
+Errors (the answer table; see docs/plugins.md). Whatever happens, the reply is a valid
+Object: on any failure it is the *original* request bytes plus an ``answers`` fragment,
+so half-done mutations of a failed hook never reach the gateway:
+
+* payload is not an Object          -> ``Reason.BAD_REQUEST`` (400) fragment alone
+* no handler for the name           -> ``Reason.NO_HOOK`` (500)
+* handler raised, returned a wrong
+  shape, has an unusable argument
+  count, or its bundle cannot load  -> ``Reason.HOOK_ERROR`` (500)
+
+Each failure is also noted in ``logs.active_call.failure`` (the reason's code; events:
+``no_hook``/``hook_error``), which the worker loop reports to the front for its metrics,
+and the API id in ``logs.active_call.api_id`` for log lines.
+
+Invariant: ``dispatch`` and ``dispatch_event`` never raise (``KeyboardInterrupt`` aside).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from google.protobuf.message import DecodeError
+
+from tykworker._proto import coprocess_common_pb2 as common_pb2
+from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker._proto import coprocess_response_object_pb2 as response_pb2
+from tykworker._proto import coprocess_session_state_pb2 as session_pb2
+from tykworker.errors import HookError, PluginLoadError, TykWorkerError
+from tykworker.logs import active_call
+from tykworker.wire import answers
+from tykworker.worker.scope import Scope
+from tykworker.worker.tyk.decorators import HandlerDecorator
+from tykworker.worker.tyk.event import TykEvent
+from tykworker.worker.tyk.gateway import CallContext, call_context, current, secrets_of
+from tykworker.worker.tyk.request import TykCoProcessRequest
+
+calls_log = logging.getLogger("tykworker.calls")
+
+
+class HookNotFound(TykWorkerError):
+    """No handler answers to the Object's hook name (in its bundle or registry)."""
+
+
+#: A handler and the scope its code must run in (``None``: no import isolation needed).
+Target = tuple[HandlerDecorator, Scope | None]
+#: Finds the handler of an Object; raises ``HookNotFound`` (no such hook) or
+#: ``PluginLoadError`` (its bundle cannot be imported).
+Resolver = Callable[[object_pb2.Object], Target]
+#: Finds an ``@Event`` handler by (name, APIID); ``None`` when there is none.
+EventResolver = Callable[[str, str], Target | None]
+
+SUPPORTED_ARG_COUNTS: Final = (3, 4, 5)
+
+
+def dispatch(payload: bytes, resolve: Resolver) -> bytes:
+    """Run the hook named by the Object in ``payload``; return the reply Object bytes."""
+    try:
+        obj = object_pb2.Object.FromString(payload)
+    except DecodeError as exc:
+        calls_log.warning("undecodable Dispatch payload (%d bytes): %s", len(payload), exc)
+        active_call.failure = answers.Reason.BAD_REQUEST.code
+        return answers.failure_reply(b"", common_pb2.Unknown, answers.Reason.BAD_REQUEST, False)
+    context = CallContext(
+        hook=obj.hook_name,
+        api_id=obj.spec.get("APIID", ""),
+        spec=obj.spec,
+        secrets=secrets_of(obj.request.headers),
+    )
+    active_call.api_id = context.api_id
+    with call_context(context):
+        try:
+            handler, scope = resolve(obj)
+        except HookNotFound as exc:
+            calls_log.warning("%s", context.redact(str(exc)), extra=context.log_extra())
+            return _failure(payload, obj, answers.Reason.NO_HOOK)
+        except Exception as exc:
+            _log_failure(context, obj, exc)
+            return _failure(payload, obj, answers.Reason.HOOK_ERROR)
+        try:
+            if scope is None:
+                call_hook(handler, obj)
+            else:
+                with scope.active():
+                    call_hook(handler, obj)
+            return obj.SerializeToString()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            _log_failure(context, obj, exc)
+            return _failure(payload, obj, answers.Reason.HOOK_ERROR)
+
+
+def _failure(payload: bytes, obj: object_pb2.Object, reason: answers.Reason) -> bytes:
+    active_call.failure = reason.code  # the worker loop reports it to the front (metrics)
+    return answers.failure_reply(payload, obj.hook_type, reason, False)
+
+
+def _log_failure(context: CallContext, obj: object_pb2.Object, exc: BaseException) -> None:
+    what = "bundle failed to load" if isinstance(exc, PluginLoadError) else "hook failed"
+    calls_log.error(
+        "%s: %s %s (API %s): %s",
+        what,
+        common_pb2.HookType.Name(obj.hook_type) if obj.hook_type in HOOK_TYPE_NUMBERS else "?",
+        obj.hook_name or '""',
+        context.api_id,
+        context.redact("".join(traceback.format_exception(exc)).rstrip()),
+        extra=context.log_extra(),
+    )
+
+
+HOOK_TYPE_NUMBERS: Final = frozenset(common_pb2.HookType.values())
+
+
+def call_hook(handler: HandlerDecorator, obj: object_pb2.Object) -> None:
+    """Call ``handler`` on ``obj`` with its convention; mutate ``obj`` with the result.
+
+    Raises ``HookError`` for an unsupported argument count or a return value of the wrong
+    shape, and whatever the handler raises.
+    """
+    request = TykCoProcessRequest(obj.request)
+    session = obj.session
+    if handler.arg_count == 3:
+        result = _unpack(handler, handler(request, session, obj.spec), 2)
+        _adopt(obj, request, session, result[0], result[1], None)
+    elif handler.arg_count == 4:
+        result = _unpack(handler, handler(request, session, session.metadata, obj.spec), 3)
+        _adopt(obj, request, session, result[0], result[1], result[2])
+    elif handler.arg_count == 5:
+        response = obj.response
+        returned = handler(request, response, session, session.metadata, obj.spec)
+        if isinstance(returned, response_pb2.ResponseObject) and returned is not response:
+            response.CopyFrom(returned)
+    else:
+        raise HookError(
+            f"hook {handler.name} ({handler.filename}:{handler.lineno}) takes "
+            f"{handler.arg_count} positional arguments; hooks take 3, 4 or 5"
+        )
+
+
+def _unpack(handler: HandlerDecorator, result: object, size: int) -> tuple[Any, ...]:
+    if not isinstance(result, (tuple, list)) or len(result) != size:
+        expected = ("(request, session)", "(request, session, metadata)")[size - 2]
+        raise HookError(
+            f"hook {handler.name} returned {type(result).__name__}"
+            f"{f' of length {len(result)}' if isinstance(result, (tuple, list)) else ''}; "
+            f"expected {expected}"
+        )
+    return tuple(result)
+
+
+def _adopt(
+    obj: object_pb2.Object,
+    request: TykCoProcessRequest,
+    session: session_pb2.SessionState,
+    new_request: object,
+    new_session: object,
+    metadata: object,
+) -> None:
+    """Fold returned values that are not the objects passed in back into ``obj``."""
+    if isinstance(new_request, TykCoProcessRequest):
+        new_request = new_request.object
+    if isinstance(new_request, request_pb2.MiniRequestObject) and new_request is not request.object:
+        obj.request.CopyFrom(new_request)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise HookError(f"hook returned metadata of type {type(metadata).__name__}, not a map")
+    entries = dict(metadata) if metadata is not None else {}
+    if isinstance(new_session, session_pb2.SessionState) and new_session is not session:
+        session.CopyFrom(new_session)
+    for key, value in entries.items():
+        session.metadata[key] = value
+
+
+def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
+    """Run the ``@Event`` handler named in a ``coprocess.Event``; always the empty reply."""
+    try:
+        data = json.loads(object_pb2.Event.FromString(payload).payload)
+        event = TykEvent(data)
+    except (DecodeError, ValueError) as exc:
+        calls_log.warning("undecodable DispatchEvent payload: %s", exc)
+        return answers.event_reply()
+    spec = event.spec if isinstance(event.spec, dict) else {}
+    name, api_id = str(event.handler_name or ""), str(spec.get("APIID", ""))
+    context = CallContext(hook=name, api_id=api_id, spec=spec)
+    active_call.hook, active_call.api_id = name, api_id
+    with call_context(context):
+        target = resolve(name, api_id)
+        if target is None:
+            active_call.failure = answers.Reason.NO_HOOK.code
+            calls_log.warning(
+                "no @Event handler %r for API %s", name, api_id, extra=context.log_extra()
+            )
+        else:
+            run_event(target, event)
+    return answers.event_reply()
+
+
+def run_event(target: Target, event: TykEvent) -> None:
+    """Call an ``@Event`` handler as ``f(event, spec)``; log (never raise) its failure."""
+    handler, scope = target
+    try:
+        if scope is None:
+            handler(event, event.spec)
+        else:
+            with scope.active():
+                handler(event, event.spec)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        active_call.failure = answers.Reason.HOOK_ERROR.code
+        context = current()
+        calls_log.error(
+            "event handler %s failed: %s",
+            handler.name,
+            context.redact("".join(traceback.format_exception(exc)).rstrip()),
+            extra={**context.log_extra(), "hook": handler.name},
+        )

@@ -1,0 +1,261 @@
+"""Worker process main loop: import plugins, connect to the front, serve one call at a time.
+
+Life of a worker (forked by the supervisor, never returns into supervisor code):
+1. reset signals, enable ``faulthandler`` into this worker's ``crashlog`` file (SIGABRT
+   from the supervisor, or a crash in plugin C code, dumps every thread's stack even when
+   stuck in C code holding the GIL; the supervisor logs it with the call); connect to the
+   bridge, then, if configured (``user``/``group``, started as root), drop privileges for
+   good: no plugin code ever runs with the supervisor's credentials;
+2. import plugins (``plugins.load_runtime``); failure -> traceback logged, exit code 3;
+3. send HELLO on the bridge, report ``ready`` to the supervisor;
+4. loop: read a frame, run the hook, write the REPLY frame with the same call id;
+5. leave gracefully on SIGTERM, after ``max_requests`` calls or above ``max_rss_mb``:
+   send DRAIN, keep serving whatever the front already sent, exit 0 when the front closes
+   the connection. SIGQUIT/SIGINT exit at once. Bridge EOF or a new parent pid -> exit.
+
+Invariant: one call at a time; every DISPATCH/EVENT frame received gets exactly one REPLY
+(the runtime never raises for plugin errors). A call the plugin failed (hook raised, no such
+hook, bad payload) is announced by a CONTROL frame ``{"op": "failed", "reason": code}``
+with the same call id right before its REPLY, so the front can count plugin errors without
+parsing the Object. ``logs.active_call`` names the call in progress (log fields, slow-call
+log with ``slow_call_threshold``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import time
+import traceback
+from types import FrameType
+from typing import Protocol
+
+import msgpack
+import psutil
+
+from tykworker import logs
+from tykworker.config import Settings
+from tykworker.errors import ExitCode, PluginLoadError, ProtocolError
+from tykworker.system import crashlog, kernel, proctitle
+from tykworker.wire import control
+from tykworker.wire.frames import (
+    FrameDecoder,
+    FrameKind,
+    encode_frame,
+    encode_header,
+    peek_object_header,
+)
+from tykworker.wire.handoff import WorkerSpec
+from tykworker.wire.scoreboard import Scoreboard, SlotState
+
+log = logging.getLogger("tykworker.worker")
+
+
+class _Signals:
+    """Signal handlers only record; the loop acts (STYLE.md §4)."""
+
+    def __init__(self) -> None:
+        self.drain = False
+        self.quit = False
+        self.busy = False  # a hook is running: fast stop exits at once
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+            signal.signal(signum, self._record)
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGTERM:
+            self.drain = True
+        elif self.busy:
+            os._exit(ExitCode.OK)  # fast stop: do not wait for the hook
+        else:
+            self.quit = True
+
+
+class Worker:
+    def __init__(self, settings: Settings, spec: WorkerSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.pid = os.getpid()
+        self.parent = os.getppid()
+        self.calls = 0
+        self.draining = False
+        self.limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
+        self.board = Scoreboard.open(spec.scoreboard_path)
+        self.process = psutil.Process()
+        self.rss = 0
+        self.label = f"worker {spec.slot} gen {spec.generation}"
+
+    def run(self) -> int:
+        signals = _Signals()
+        # Fatal-signal stacks go to a file the supervisor logs with the call it killed
+        # (crashlog.py); kept open for the life of the process.
+        self.stack_file = crashlog.enable(
+            crashlog.stack_path(self.spec.scoreboard_path.parent, self.pid)
+        )
+        logs.bind_process(worker_pid=self.pid, generation=self.spec.generation)
+        self._set_state(SlotState.STARTING)
+        try:
+            # Connect before dropping privileges: the bridge socket is root's alone.
+            bridge = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bridge.connect(str(self.spec.bridge_path))
+        except OSError as exc:
+            log.error("cannot connect to the front at %s: %s", self.spec.bridge_path, exc)
+            return ExitCode.ERROR
+        # tykworker's own modules are imported with the parent's credentials (they may
+        # live where the workers' user cannot read), plugins only after the drop.
+        from tykworker.worker.plugins import load_runtime
+
+        if self.spec.identity is not None:
+            try:
+                kernel.drop_privileges(*self.spec.identity, death_signal=signal.SIGTERM)
+            except OSError as exc:
+                log.error("cannot switch to uid/gid %s: %s", self.spec.identity[:2], exc)
+                return ExitCode.ERROR
+        try:
+            runtime = load_runtime(self.settings)
+        except PluginLoadError as exc:
+            log.error("plugins failed to import (generation %d): %s", self.spec.generation, exc)
+            return ExitCode.PLUGIN_LOAD_ERROR
+        except Exception:
+            log.error("plugins failed to import:\n%s", traceback.format_exc())
+            return ExitCode.PLUGIN_LOAD_ERROR
+        hello = {"pid": self.pid, "generation": self.spec.generation, "index": self.spec.index}
+        bridge.sendall(encode_frame(FrameKind.HELLO, 0, msgpack.packb(hello)))
+        control.report(self.spec.status_fd, "ready", generation=self.spec.generation)
+        self._set_state(SlotState.IDLE)
+        proctitle.set(f"{self.label} idle")
+        if self.settings.slow_call_threshold > 0:
+            logs.SlowCallLog(self.settings.slow_call_threshold).start()
+        try:
+            return self._serve(bridge, runtime, signals)
+        finally:
+            runtime.close()
+
+    def _serve(self, bridge: socket.socket, runtime: _Runtime, signals: _Signals) -> int:
+        decoder = FrameDecoder(self.settings.max_message_bytes)
+        selector = selectors.DefaultSelector()
+        selector.register(bridge, selectors.EVENT_READ)
+        selector.register(signals.wake_r, selectors.EVENT_READ)
+        while True:
+            if signals.quit:
+                return ExitCode.OK
+            if signals.drain and not self.draining:
+                self._start_drain(bridge, "SIGTERM")
+            signals.busy = False
+            for key, _ in selector.select(timeout=5.0):
+                if key.fileobj is signals.wake_r:
+                    signals.wake_r.recv(512)
+                    continue
+                try:
+                    data = bridge.recv(1 << 20)
+                except OSError:
+                    data = b""
+                if not data:
+                    return ExitCode.OK  # front closed: drained, or front gone
+                signals.busy = True
+                try:
+                    decoder.feed(data)
+                    while (frame := decoder.next_frame()) is not None:
+                        self._handle(bridge, runtime, frame.kind, frame.call_id, frame.payload)
+                except ProtocolError as exc:
+                    log.error("bridge protocol error: %s", exc)
+                    return ExitCode.ERROR
+            if os.getppid() != self.parent:
+                log.warning("supervisor went away; exiting")
+                return ExitCode.OK
+
+    def _handle(
+        self, bridge: socket.socket, runtime: _Runtime, kind: int, call_id: int, payload: bytes
+    ) -> None:
+        if kind == FrameKind.DISPATCH:
+            hook, run = peek_object_header(payload)[1], runtime.dispatch
+        elif kind == FrameKind.EVENT:
+            hook, run = "event", runtime.dispatch_event
+        else:
+            log.warning("unexpected %s frame on the bridge", kind)
+            return
+        logs.begin_call(call_id, hook)
+        self._set_state(SlotState.BUSY, call_id, hook)
+        proctitle.set(f"{self.label} running {hook or '?'}")
+        reply = run(payload)
+        logs.end_call()
+        head = encode_header(FrameKind.REPLY, call_id, len(reply))
+        if logs.active_call.failure:  # tell the front before the reply (its metrics)
+            failed = msgpack.packb({"op": "failed", "reason": logs.active_call.failure})
+            head = encode_frame(FrameKind.CONTROL, call_id, failed) + head
+        _send_all(bridge, head, reply)
+        self.calls += 1
+        self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
+        proctitle.set(f"{self.label} {'draining' if self.draining else 'idle'}")
+        if not self.draining:
+            self._check_recycle(bridge)
+
+    def _check_recycle(self, bridge: socket.socket) -> None:
+        if self.settings.max_requests and self.calls >= self.limit:
+            self._start_drain(bridge, f"served {self.calls} calls")
+        elif self.settings.max_rss_mb and self.rss > self.settings.max_rss_mb * 1024 * 1024:
+            self._start_drain(bridge, f"RSS {self.rss // (1024 * 1024)} MiB over the limit")
+
+    def _start_drain(self, bridge: socket.socket, why: str) -> None:
+        log.info("%s leaving: %s", self.label, why)
+        self.draining = True
+        bridge.sendall(encode_frame(FrameKind.DRAIN, 0))
+        self._set_state(SlotState.DRAINING)
+        proctitle.set(f"{self.label} draining")
+
+    def _set_state(self, state: SlotState, call_id: int = 0, hook: str = "") -> None:
+        # RSS costs a /proc read: measure after every call only when recycling by memory.
+        if state is not SlotState.BUSY and (self.settings.max_rss_mb or self.calls % 64 == 0):
+            self.rss = self.process.memory_info().rss
+        self.board.write_slot(
+            self.spec.index,
+            pid=self.pid,
+            generation=self.spec.generation,
+            state=state,
+            call_id=call_id,
+            started_at=time.time() if state is SlotState.BUSY else 0.0,
+            calls=self.calls,
+            rss=self.rss,
+            hook=hook,
+        )
+
+
+class _Runtime(Protocol):
+    """What the loop needs of ``plugins.Runtime``."""
+
+    def dispatch(self, payload: bytes) -> bytes: ...
+
+    def dispatch_event(self, payload: bytes) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _send_all(sock: socket.socket, head: bytes, body: bytes) -> None:
+    """``head + body`` without copying a large body: one ``sendmsg`` of both buffers,
+    continued with ``sendall`` if the kernel took only part of it."""
+    if len(body) < 65536:
+        sock.sendall(head + body)
+        return
+    sent = sock.sendmsg([head, body])
+    if sent < len(head):
+        sock.sendall(head[sent:])
+        sent = len(head)
+    if sent - len(head) < len(body):
+        with memoryview(body) as view:
+            sock.sendall(view[sent - len(head) :])
+
+
+def run_worker(settings: Settings, spec: WorkerSpec) -> int:
+    """Entry point in the forked child; returns the exit code."""
+    proctitle.set(f"worker {spec.slot} gen {spec.generation} starting")
+    return Worker(settings, spec).run()

@@ -1,0 +1,364 @@
+"""Loading plugin code and finding handlers: the ``Runtime`` a worker serves calls with.
+
+Scopes (each one hook table, each with its own import isolation, see ``scope.py``):
+
+* the ``middleware`` directory: every ``*.py`` file in it (sorted, ``_*`` skipped) is an
+  entry module; objects without a usable bundle are served from here;
+* the ``event_handlers`` directory: same rules, for ``@Event`` handlers;
+* each bundle under ``bundles``: a directory holding ``manifest.json``. Its key is its
+  name when that is 32 hex digits (already named by the hash, as the gateway unpacks
+  them), else ``md5(name)`` (and ``md5(name + ".zip")``), matching ``spec["bundle_hash"]``.
+  Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
+  entry, else ``middleware.py``. A bundle with no Python entry (a gRPC-only bundle whose
+  manifest only carries ``custom_middleware``) has no hooks.
+
+Registration: every handler created while a scope's files execute (decorators record
+themselves) joins that scope's table under its function name. Two handlers with one name
+in one scope are a ``PluginLoadError`` naming both places, never a silent override.
+
+Lookup of a Dispatch call: the bundle named by ``spec["bundle_hash"]`` if it is loaded and
+has hooks (strict: a missing name there is "hook not found"), else the middleware table.
+Bundles that appear after start are loaded on first use (the bundles directory is
+re-listed when its mtime changes). An auth call with ``hook_name == ""`` uses the scope's
+only ``@CustomKeyCheck`` handler, else its only 4-argument ``@Hook``, else "not found".
+
+Invariants: ``load_runtime`` imports every scope that exists at start and raises
+``PluginLoadError`` (file, line, traceback) if any fails, so a bad reload never replaces
+good workers. Each handler runs with its own scope active.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from tykworker._proto import coprocess_common_pb2 as common_pb2
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker.config import Settings
+from tykworker.errors import PluginLoadError
+from tykworker.store import Store, open_store
+from tykworker.worker import tyk as shims
+from tykworker.worker.dispatch import HookNotFound, Target, dispatch, dispatch_event, run_event
+from tykworker.worker.scope import Scope, install_finder
+from tykworker.worker.tyk import gateway as gateway_api
+from tykworker.worker.tyk.decorators import CustomKeyCheck, HandlerDecorator, collecting
+from tykworker.worker.tyk.event import TykEvent
+
+log = logging.getLogger("tykworker.plugins")
+
+#: ``spec["bundle_hash"]`` of an API without a bundle: md5("").
+NO_BUNDLE: Final = hashlib.md5(b"").hexdigest()
+_HASH_NAME: Final = re.compile(r"^[0-9a-f]{32}$")
+#: ``trigger_event`` handlers may trigger events themselves, up to this depth.
+MAX_EVENT_DEPTH: Final = 8
+
+
+@dataclass
+class Registry:
+    """The handlers of one scope, by name."""
+
+    label: str
+    scope: Scope | None = None
+    hooks: dict[str, HandlerDecorator] = field(default_factory=dict)
+    events: dict[str, HandlerDecorator] = field(default_factory=dict)
+
+    def hook(self, name: str, hook_type: int) -> HandlerDecorator:
+        """The hook called ``name``; raises ``HookNotFound``."""
+        handler = self.hooks.get(name) if name else self._auth_hook(hook_type)
+        if handler is None:
+            shown = repr(name) if name else '"" (empty hook name)'
+            raise HookNotFound(f"hook {shown} is not defined in {self.label}")
+        return handler
+
+    def _auth_hook(self, hook_type: int) -> HandlerDecorator | None:
+        if hook_type != common_pb2.CustomKeyCheck:
+            return None
+        typed: list[HandlerDecorator] = [
+            h for h in self.hooks.values() if isinstance(h, CustomKeyCheck)
+        ]
+        candidates = typed or [h for h in self.hooks.values() if h.arg_count == 4]
+        return candidates[0] if len(candidates) == 1 else None
+
+
+def build_registry(
+    label: str, scope: Scope | None, handlers: Iterable[HandlerDecorator]
+) -> Registry:
+    """Index ``handlers`` by name; raise ``PluginLoadError`` on a duplicate name."""
+    registry = Registry(label, scope)
+    seen: dict[str, HandlerDecorator] = {}
+    for handler in handlers:
+        first = seen.setdefault(handler.name, handler)
+        if first is not handler:
+            raise PluginLoadError(
+                f"{handler.filename}:{handler.lineno}: duplicate hook name {handler.name!r} "
+                f"in {label} (first defined at {first.filename}:{first.lineno})"
+            )
+        table = registry.events if handler.is_event else registry.hooks
+        table[handler.name] = handler
+        if not handler.is_event and handler.arg_count not in (3, 4, 5):
+            log.warning(
+                "%s:%d: hook %s takes %d positional arguments; hooks take 3, 4 or 5 "
+                "(calls will be answered as plugin errors)",
+                handler.filename,
+                handler.lineno,
+                handler.name,
+                handler.arg_count,
+                extra={"hook": handler.name},
+            )
+    return registry
+
+
+def describe_import_error(exc: BaseException, root: Path) -> str:
+    """``file:line: Type: message`` of the plugin line at fault, then the traceback."""
+    where = "?"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f"{exc.filename}:{exc.lineno}"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        inside = [f for f in frames if Path(f.filename).is_relative_to(root)]
+        if inside or frames:
+            frame = (inside or frames)[-1]
+            where = f"{frame.filename}:{frame.lineno}"
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    return f"{where}: {type(exc).__name__}: {exc}\n{text}"
+
+
+def load_scope(label: str, root: Path, entries: Iterable[Path]) -> Registry:
+    """Execute ``entries`` in a new scope rooted at ``root``; return its table."""
+    scope = Scope(label, root)
+    with collecting() as handlers, scope.active():
+        for path in entries:
+            try:
+                scope.load_file(path)
+            except Exception as exc:
+                raise PluginLoadError(
+                    f"{label}: cannot import {path}: {describe_import_error(exc, root)}"
+                ) from exc
+    registry = build_registry(label, scope, handlers)
+    log.info(
+        "loaded %s: %d hooks, %d event handlers",
+        label,
+        len(registry.hooks),
+        len(registry.events),
+    )
+    return registry
+
+
+def load_directory(label: str, directory: Path) -> Registry:
+    """Every ``*.py`` file of ``directory`` (none if it does not exist)."""
+    if not directory.is_dir():
+        log.warning("%s directory %s does not exist: no handlers", label, directory)
+        return Registry(label)
+    entries = sorted(p for p in directory.glob("*.py") if not p.name.startswith(("_", ".")))
+    return load_scope(f"{label} directory {directory}", directory.resolve(), entries)
+
+
+def bundle_entry(bundle: Path) -> Path | None:
+    """The entry module of a bundle by PROTOCOL.md 5.3, ``None`` for a code-less bundle."""
+    manifest_path = bundle / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PluginLoadError(f"{manifest_path}: unreadable manifest: {exc}") from exc
+    file_list = manifest.get("file_list") if isinstance(manifest, dict) else None
+    if not isinstance(file_list, list):
+        file_list = []
+    if len(file_list) == 1 and str(file_list[0]).endswith(".py"):
+        entry = bundle / str(file_list[0])
+    else:
+        entry = bundle / "middleware.py"
+    if entry.is_file():
+        return entry
+    if any(str(name).endswith(".py") for name in file_list):
+        raise PluginLoadError(f"{bundle}: no entry module (expected {entry.name})")
+    return None
+
+
+def load_bundle(bundle: Path) -> Registry:
+    label = f"bundle {bundle.name}"
+    entry = bundle_entry(bundle)
+    if entry is None:
+        return Registry(label)
+    return load_scope(label, bundle.resolve(), [entry])
+
+
+def bundle_keys(name: str) -> tuple[str, ...]:
+    """The ``spec["bundle_hash"]`` values that select a bundle directory called ``name``."""
+    if _HASH_NAME.match(name):
+        return (name,)
+    return tuple(hashlib.md5(n.encode()).hexdigest() for n in (name, name + ".zip"))
+
+
+class BundleSet:
+    """The bundles directory: eager load at start, lazy load of bundles unpacked later."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._paths: dict[str, Path] = {}
+        self._loaded: dict[str, Registry | PluginLoadError] = {}
+        self._mtime: float | None = None
+        self._pending = False
+
+    def _rescan(self, bundle_hash: str = "") -> None:
+        # Cheap on the hot path: re-list only when the directory changed or a bundle was
+        # seen half-unpacked (its manifest appears without touching the parent's mtime).
+        if self.root is None:
+            return
+        direct = self.root / bundle_hash
+        if bundle_hash and (direct / "manifest.json").is_file():
+            self._paths[bundle_hash] = direct
+            return
+        try:
+            mtime = self.root.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._mtime and not self._pending:
+            return
+        self._mtime = mtime
+        self._pending = False
+        for path in sorted(self.root.iterdir()):
+            if (path / "manifest.json").is_file():
+                for key in bundle_keys(path.name):
+                    self._paths.setdefault(key, path)
+            elif path.is_dir():
+                self._pending = True
+
+    def load_all(self) -> None:
+        """Import every bundle present now; raise the first ``PluginLoadError``."""
+        self._rescan()
+        for key in sorted(self._paths):
+            self.get(key)
+
+    def get(self, bundle_hash: str) -> Registry | None:
+        """The bundle for ``bundle_hash`` (``None`` if absent); raises ``PluginLoadError``
+        if its code cannot be imported (remembered until the directory changes)."""
+        if bundle_hash not in self._paths:
+            self._rescan(bundle_hash)
+        path = self._paths.get(bundle_hash)
+        if path is None:
+            return None
+        if bundle_hash not in self._loaded:
+            try:
+                result: Registry | PluginLoadError = load_bundle(path)
+            except PluginLoadError as exc:
+                result = exc
+            for key in bundle_keys(path.name):
+                self._loaded[key] = result
+        result = self._loaded[bundle_hash]
+        if isinstance(result, PluginLoadError):
+            raise result
+        return result
+
+    def loaded(self) -> list[Registry]:
+        unique = {id(r): r for r in self._loaded.values() if isinstance(r, Registry)}
+        return list(unique.values())
+
+
+class Runtime:
+    """Everything a worker needs to answer calls. See the module docstring for lookup."""
+
+    def __init__(
+        self, middleware: Registry, event_handlers: Registry, bundles: BundleSet, store: Store
+    ) -> None:
+        self.middleware = middleware
+        self.event_handlers = event_handlers
+        self.bundles = bundles
+        self.store = store
+        # APIID -> bundle, learned from Dispatch calls: events carry no bundle_hash.
+        self._api_bundles: dict[str, Registry] = {}
+        self._event_depth = 0
+
+    def dispatch(self, payload: bytes) -> bytes:
+        """``coprocess.Object`` bytes -> reply Object bytes. Never raises."""
+        return dispatch(payload, self._resolve)
+
+    def dispatch_event(self, payload: bytes) -> bytes:
+        """``coprocess.Event`` bytes -> ``EventReply`` bytes (empty). Never raises."""
+        return dispatch_event(payload, self._resolve_event)
+
+    def close(self) -> None:
+        """Release store connections; the gateway API stops using this runtime."""
+        gateway_api.bind(None, None)
+        self.store.close()
+
+    def _resolve(self, obj: object_pb2.Object) -> Target:
+        registry = self.middleware
+        bundle_hash = obj.spec.get("bundle_hash", "")
+        if bundle_hash and bundle_hash != NO_BUNDLE:
+            bundle = self.bundles.get(bundle_hash)
+            if bundle is not None and bundle.hooks:
+                registry = bundle
+                self._api_bundles[obj.spec.get("APIID", "")] = bundle
+        return registry.hook(obj.hook_name, obj.hook_type), registry.scope
+
+    def _resolve_event(self, name: str, api_id: str) -> Target | None:
+        chain = [self.event_handlers, self.middleware]
+        bundle = self._api_bundles.get(api_id)
+        if bundle is not None:
+            chain.insert(0, bundle)
+        for registry in chain:
+            if name in registry.events:
+                return registry.events[name], registry.scope
+        owners = [r for r in self.bundles.loaded() if name in r.events]
+        if len(owners) == 1:
+            return owners[0].events[name], owners[0].scope
+        return None
+
+    def trigger_event(self, name: str, payload: str) -> int:
+        """Run the local ``@Event`` handler called ``name``; return how many ran (0/1)."""
+        context = gateway_api.current()
+        target = self._resolve_event(name, context.api_id)
+        if target is None or self._event_depth >= MAX_EVENT_DEPTH:
+            return 0
+        event = TykEvent(
+            {
+                "message": {
+                    "Type": name,
+                    "Meta": {"Message": payload, "OriginatingRequest": ""},
+                    "TimeStamp": _timestamp(),
+                },
+                "handler_name": name,
+                "spec": {"APIID": context.api_id, "OrgID": context.spec.get("OrgID", "")},
+            }
+        )
+        self._event_depth += 1
+        try:
+            run_event(target, event)
+        finally:
+            self._event_depth -= 1
+        return 1
+
+
+def _timestamp() -> str:
+    return str(datetime.datetime.now().astimezone())
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    """Import all plugins the settings name and return a ready ``Runtime``.
+
+    Raises ``PluginLoadError`` (file, line and traceback in the message) if any plugin
+    fails to import or a scope defines one hook name twice.
+    """
+    shims.install()
+    install_finder()
+    store = open_store(settings.resolved_runtime_dir(), settings.redis_url)
+    bundles = BundleSet(Path(settings.bundles) if settings.bundles else None)
+    # Bound before any import: plugins may call the gateway API at import time.
+    runtime = Runtime(Registry("middleware"), Registry("event_handlers"), bundles, store)
+    gateway_api.bind(store, runtime.trigger_event)
+    try:
+        runtime.middleware = load_directory("middleware", Path(settings.middleware))
+        runtime.event_handlers = load_directory("event_handlers", Path(settings.event_handlers))
+        bundles.load_all()
+    except BaseException:
+        runtime.close()
+        raise
+    return runtime

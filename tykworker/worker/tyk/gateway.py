@@ -1,0 +1,187 @@
+"""``gateway.TykGateway``: the gateway API Tyk plugins call (``from gateway import
+TykGateway as tyk``), plus the per-call context the runtime sets for it.
+
+Semantics kept from Tyk's embedded Python (PROTOCOL.md 5.6):
+* ``store_data(key, value, ttl)`` stores under ``"coprocess-data:" + key``, ``ttl`` in
+  seconds (``<= 0``: no expiry); ``get_data(key)`` returns ``bytes``, ``b""`` when missing
+  or on error. Store errors are logged, never raised into the plugin.
+* ``log(message, level)``: ``debug``/``error``/``warning`` or info, to the
+  ``tykworker.plugins`` logger with the current hook name in ``extra``.
+* ``trigger_event(name, payload)``: there is no call back into the gateway, so it runs the
+  local ``@Event`` handlers named ``name`` (see ``plugins.Runtime``), synchronously.
+
+Invariants:
+* Values of the current request's ``Authorization``/``Cookie`` headers never reach a log
+  line written through this module (they are replaced by ``[redacted]``).
+* The runtime binds a store and an event trigger before any plugin code runs
+  (``bind``); calls before that are logged and ignored.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tykworker.store import Store
+
+__all__ = ["TykGateway"]
+
+KEY_PREFIX: Final = "coprocess-data:"
+#: Request headers whose values are secrets and must never be logged.
+SECRET_HEADERS: Final = ("Authorization", "Cookie", "Proxy-Authorization")
+REDACTED: Final = "[redacted]"
+
+plugin_log = logging.getLogger("tykworker.plugins")
+
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+}
+
+EventTrigger = Callable[[str, str], int]
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What the gateway API knows about the call being served."""
+
+    hook: str = ""
+    api_id: str = ""
+    spec: Mapping[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+
+    def log_extra(self) -> dict[str, Any]:
+        return {"hook": self.hook, "api_id": self.api_id}
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "tykworker_call", default=None
+)
+_NO_CALL: Final = CallContext()
+
+
+@dataclass
+class _Binding:
+    store: Store | None = None
+    trigger: EventTrigger | None = None
+
+
+_binding = _Binding()
+
+
+def bind(store: Store | None, trigger: EventTrigger | None) -> None:
+    """Point the gateway API at a runtime's store and event trigger."""
+    _binding.store = store
+    _binding.trigger = trigger
+
+
+def current() -> CallContext:
+    """The call being served (an empty context outside calls, e.g. at import time)."""
+    return _current.get() or _NO_CALL
+
+
+@contextmanager
+def call_context(context: CallContext) -> Iterator[CallContext]:
+    """Make ``context`` the current call for the gateway API inside the block."""
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+def secrets_of(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """Secret header values of a request, with their parts (a bearer token without its
+    scheme, each cookie value), longest first so that overlapping secrets redact fully."""
+    values: set[str] = set()
+    for name in SECRET_HEADERS:
+        value = headers[name].strip() if name in headers else ""
+        if not value:
+            continue
+        values.add(value)
+        if name == "Cookie":
+            values.update(part.partition("=")[2].strip() for part in value.split(";"))
+        else:
+            values.add(value.split(None, 1)[-1])
+    # Very short fragments would blank out unrelated text; they reveal little anyway.
+    return tuple(sorted((v for v in values if len(v) >= 4), key=len, reverse=True))
+
+
+def data_key(key: str) -> str:
+    return KEY_PREFIX + key
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"store_data value must be str or bytes, not {type(value).__name__}")
+
+
+def _log_store_error(operation: str, key: object, exc: Exception | None) -> None:
+    ctx = current()
+    reason = ctx.redact(str(exc)) if exc is not None else "no store configured"
+    plugin_log.error("%s(%r) failed: %s", operation, key, reason, extra=ctx.log_extra())
+
+
+class TykGateway:
+    """Gateway functions, called on the class (``tyk.log(...)``)."""
+
+    @staticmethod
+    def log(message: object, level: str = "info") -> None:
+        ctx = current()
+        plugin_log.log(
+            _LEVELS.get(str(level).lower(), logging.INFO),
+            "%s",
+            ctx.redact(str(message)),
+            extra=ctx.log_extra(),
+        )
+
+    @staticmethod
+    def log_error(*args: object) -> None:
+        TykGateway.log(" ".join(str(a) for a in args), "error")
+
+    @staticmethod
+    def store_data(key: str, value: str | bytes, ttl: int = 0) -> None:
+        data = _as_bytes(value)
+        store = _binding.store
+        if store is None:
+            _log_store_error("store_data", key, None)
+            return
+        try:
+            store.set(data_key(str(key)), data, int(ttl))
+        except Exception as exc:
+            _log_store_error("store_data", key, exc)
+
+    @staticmethod
+    def get_data(key: str) -> bytes:
+        store = _binding.store
+        if store is None:
+            _log_store_error("get_data", key, None)
+            return b""
+        try:
+            value = store.get(data_key(str(key)))
+        except Exception as exc:
+            _log_store_error("get_data", key, exc)
+            return b""
+        return b"" if value is None else value
+
+    @staticmethod
+    def trigger_event(name: str, payload: str) -> None:
+        trigger = _binding.trigger
+        if trigger is None or trigger(str(name), str(payload)) == 0:
+            plugin_log.debug(
+                "trigger_event: no local @Event handler named %r", name, extra=current().log_extra()
+            )
