@@ -97,9 +97,17 @@ def dispatch(data: bytes, context: grpc.ServicerContext) -> bytes:
     obj = coprocess_object_pb2.Object()
     obj.ParseFromString(data)
     handler = HOOKS.get(obj.hook_name)
+    spec = dict(obj.spec)
     if handler is None:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"no hook {obj.hook_name!r}")
-    handler(StandInRequest(obj.request), obj.session, dict(obj.spec))
+    if handler.__code__.co_argcount == 4:  # auth convention: (request, session, metadata, spec)
+        metadata = dict(obj.metadata)
+        _, session, metadata = handler(StandInRequest(obj.request), obj.session, metadata, spec)
+        if session is not obj.session:
+            obj.session.CopyFrom(session)
+        obj.metadata.update(metadata)
+    else:
+        handler(StandInRequest(obj.request), obj.session, spec)
     return obj.SerializeToString()
 
 

@@ -7,6 +7,9 @@ same file with a small stand-in for ``tyk.decorators`` so both servers run ident
 * ``CpuBound`` about 1 ms of pure-Python work on the body (JSON decode/encode + hashing):
   holds the GIL the whole time, so threads cannot run it in parallel.
 * ``Blocking`` sleeps 50 ms (stands for a slow upstream call made from a plugin).
+* ``BenchAuth`` a custom-auth hook (``auth_check``): accepts ``Authorization: bench-key``
+  and returns a session with a generous rate limit and ``metadata["token"]``, which is what
+  makes the gateway treat the request as authenticated (bench/gateway.py).
 """
 
 import hashlib
@@ -59,6 +62,16 @@ def Blocking(request, session, spec):
     time.sleep(0.05)
     request.add_header("X-Bench", "blocking")
     return request, session
+
+
+@Hook  # noqa: F405
+def BenchAuth(request, session, metadata, spec):
+    if request.object.headers.get("Authorization") == "bench-key":
+        session.rate = 1000000.0
+        session.per = 1.0
+        session.quota_max = -1
+        metadata["token"] = "bench-key"
+    return request, session, metadata
 
 
 if __name__ == "__main__":  # calibration: how long CpuBound's work takes here

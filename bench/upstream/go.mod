@@ -1,0 +1,3 @@
+module tykworker/bench/upstream
+
+go 1.22
