@@ -83,6 +83,7 @@ class Front:
         self.settings = settings
         self.spec = spec
         self.router = Router(queue_limit=settings.queue_size)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, _Pending] = {}
         self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
         self.members: dict[int, Worker] = {}  # bridge connection -> worker (for logs)
@@ -119,8 +120,14 @@ class Front:
             limit = self.settings.timeout_for(_type_name(call))
             if deadline is not None:
                 limit = min(limit, deadline)
-            loop = asyncio.get_running_loop()
+            loop = self._loop or self._bind_loop()
             pending.timer = loop.call_at(loop.time() + limit, self._expire, call.call_id)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once (``asyncio.get_running_loop()`` costs a
+        getpid() system call per lookup on 3.11). A Front lives in one loop."""
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def call(self, kind: FrameKind, payload: bytes, deadline: float | None = None) -> bytes:
         """``submit`` for coroutine callers (grpcio). Cancelling the awaiting task drops

@@ -50,6 +50,8 @@ class H2Protocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._paused_memory = False
         self._paused_write = False
+        # ``asyncio.get_running_loop()`` costs a getpid() system call on 3.11: cache it
+        self._loop = asyncio.get_running_loop()
 
     # --- asyncio callbacks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,7 +154,7 @@ class H2Protocol(asyncio.Protocol):
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

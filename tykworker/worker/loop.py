@@ -54,6 +54,8 @@ from tykworker.wire.scoreboard import Scoreboard, SlotState
 
 log = logging.getLogger("tykworker.worker")
 
+_RECV_SIZE = 1 << 20  # bytes per bridge read
+
 
 class _Signals:
     """Signal handlers only record; the loop acts (STYLE.md §4)."""
@@ -143,6 +145,10 @@ class Worker:
 
     def _serve(self, bridge: socket.socket, runtime: _Runtime, signals: _Signals) -> int:
         decoder = FrameDecoder(self.settings.max_message_bytes)
+        # One receive buffer for the life of the worker: ``recv(1 MiB)`` would allocate (and
+        # the allocator mmap/mremap/munmap) a fresh MiB per call.
+        buffer = bytearray(_RECV_SIZE)
+        view = memoryview(buffer)
         selector = selectors.DefaultSelector()
         selector.register(bridge, selectors.EVENT_READ)
         selector.register(signals.wake_r, selectors.EVENT_READ)
@@ -157,14 +163,14 @@ class Worker:
                     signals.wake_r.recv(512)
                     continue
                 try:
-                    data = bridge.recv(1 << 20)
+                    size = bridge.recv_into(buffer)
                 except OSError:
-                    data = b""
-                if not data:
+                    size = 0
+                if not size:
                     return ExitCode.OK  # front closed: drained, or front gone
                 signals.busy = True
                 try:
-                    decoder.feed(data)
+                    decoder.feed(view[:size])
                     while (frame := decoder.next_frame()) is not None:
                         self._handle(bridge, runtime, frame.kind, frame.call_id, frame.payload)
                 except ProtocolError as exc:
