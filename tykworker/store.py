@@ -31,6 +31,8 @@ from typing import Final, Protocol
 import redis
 
 STORE_FILENAME: Final = "coprocess-data.sqlite3"
+#: Connections inherited across ``fork``: the parent's, kept alive and untouched.
+_INHERITED: list[sqlite3.Connection] = []
 #: How long a writer waits for another process's write lock before failing.
 BUSY_TIMEOUT_SECONDS: Final = 5.0
 #: Expired rows are deleted once every this many writes.
@@ -69,7 +71,11 @@ class SQLiteStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            # After fork the inherited connection belongs to the parent: drop it unclosed.
+            # After fork the inherited connection belongs to the parent: never close it
+            # here, and keep it referenced so that it is never finalised (Python 3.13
+            # warns about, and would close, a connection collected unclosed).
+            if self._conn is not None:
+                _INHERITED.append(self._conn)
             self._conn = self._open()
             self._pid = os.getpid()
         return self._conn

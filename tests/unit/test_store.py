@@ -11,6 +11,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_expired_rows_are_purged(store_path: Path) -> None:
     clock.now += 5
     for i in range(256):
         store.set(f"k{i}", b"v", 0)
-    with sqlite3.connect(store_path) as conn:
+    with closing(sqlite3.connect(store_path)) as conn:
         rows = conn.execute("SELECT count(*) FROM coprocess_data WHERE key = 'old'").fetchone()
     assert rows == (0,)
     store.close()
@@ -91,12 +92,14 @@ def test_data_survives_a_new_store_instance(store_path: Path) -> None:
     first = SQLiteStore(store_path)
     first.set("kept", b"value", 0)
     first.close()
-    assert SQLiteStore(store_path).get("kept") == b"value"
+    with closing(SQLiteStore(store_path)) as second:
+        assert second.get("kept") == b"value"
 
 
 def test_store_uses_wal_journal(store_path: Path) -> None:
-    SQLiteStore(store_path).set("k", b"v", 0)
-    with sqlite3.connect(store_path) as conn:
+    with closing(SQLiteStore(store_path)) as store:
+        store.set("k", b"v", 0)
+    with closing(sqlite3.connect(store_path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -136,7 +139,9 @@ def test_shared_between_processes(store_path: Path) -> None:
 
 
 def test_concurrent_writers_in_two_processes_lose_nothing(store_path: Path) -> None:
-    SQLiteStore(store_path).set("init", b"", 0)  # create the file before the race
+    first = SQLiteStore(store_path)
+    first.set("init", b"", 0)  # create the file before the race
+    first.close()
     writers = [_child(str(store_path), name, "150") for name in ("a", "b")]
     for writer in writers:
         writer.communicate(timeout=30)
@@ -212,7 +217,8 @@ def test_runtime_store_lives_in_runtime_dir(tmp_path: Path) -> None:
     runtime = load_runtime(settings)
     TykGateway.store_data("shared", "1", 0)
     runtime.close()
-    assert SQLiteStore(tmp_path / "rt" / STORE_FILENAME).get("coprocess-data:shared") == b"1"
+    with closing(SQLiteStore(tmp_path / "rt" / STORE_FILENAME)) as store:
+        assert store.get("coprocess-data:shared") == b"1"
 
 
 # --- Redis ---------------------------------------------------------------------------
