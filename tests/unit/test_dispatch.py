@@ -323,3 +323,22 @@ def test_request_hook_replies_always_echo_body_url_and_method(
         sent.request.url,
         sent.request.method,
     )
+
+
+def test_reply_drops_only_the_text_copies_the_gateway_ignores(runtime: Runtime) -> None:
+    """``request.body`` and ``response.body`` are never read back by the gateway (only
+    ``raw_body``): the reply leaves them out; everything else comes back as the hook left it."""
+    sent = gateway_object(PRE, "AddHeader", body=b'{"k": "' + b"x" * 1000 + b'"}')
+    assert sent.request.body and sent.request.raw_body
+    reply = call(runtime, sent)
+    assert reply.request.body == ""
+    assert reply.request.raw_body == sent.request.raw_body
+    # the hook adds ~70 bytes (a header, a param); the 1 KB text copy is gone
+    assert len(reply.SerializeToString()) < len(sent.SerializeToString()) - 900
+    assert reply.request.set_headers["X-Added"] == "yes"
+
+    response = gateway_object(RESPONSE, "AppendResponseHeader")
+    assert response.response.body
+    replied = call(runtime, response)
+    assert replied.response.body == ""
+    assert replied.response.raw_body.startswith(response.response.raw_body)

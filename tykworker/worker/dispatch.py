@@ -106,12 +106,24 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
             else:
                 with scope.active():
                     call_hook(handler, obj)
+            drop_ignored_copies(obj)
             return obj.SerializeToString()
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
             _log_failure(context, obj, exc)
             return _failure(payload, obj, answers.Reason.HOOK_ERROR)
+
+
+def drop_ignored_copies(obj: object_pb2.Object) -> None:
+    """Clear what the gateway never reads back: the text copies ``request.body`` and
+    ``response.body`` of a body it also sends (and reads back) as ``raw_body``. Only
+    ``raw_body`` becomes the upstream request or the client's response (PROTOCOL.md,
+    "Ignored on return"), so echoing the copy would only double a UTF-8 body's bytes on
+    the way back (serialising, the bridge, the front and the gateway's decoder)."""
+    obj.request.ClearField("body")
+    if obj.HasField("response"):
+        obj.response.ClearField("body")
 
 
 def _failure(payload: bytes, obj: object_pb2.Object, reason: answers.Reason) -> bytes:
