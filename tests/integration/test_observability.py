@@ -337,3 +337,34 @@ def test_health_through_start_reload_and_drain(start_server, workdir):
     thread.join(30)
     assert result["r"].request.return_overrides.response_code == -1  # drained, not failed
     assert server.proc.wait(30) == 0
+
+
+def test_status_after_the_server_stopped_says_nothing_runs(start_server):
+    server = start_server("--workers", "1")
+    assert cli(server, "status").returncode == 0
+    assert server.stop() == 0
+    assert list(server.workdir.glob(".*.tykworker/scoreboard"))  # the last one is still there
+    done = cli(server, "status")
+    assert done.returncode == 2
+    assert "no running tykworker found" in done.stderr
+    assert done.stdout == ""
+
+
+def test_status_into_a_closed_pipe_exits_quietly(start_server):
+    """``tykworker status | head -0``: no reader left; no traceback, exit 128 + SIGPIPE."""
+    server = start_server("--workers", "1")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # before the command starts: its first write must fail with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tykworker", "status", "--socket", server.socket],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + signal.SIGPIPE
+    assert done.stderr == ""

@@ -156,3 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     except KeyboardInterrupt:
         return ExitCode.ERROR
+    except BrokenPipeError:
+        # ``tykworker status | head``: the reader left. Exit quietly like other Unix tools
+        # (status 128 + SIGPIPE), and keep Python from failing again on the final flush.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

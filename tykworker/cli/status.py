@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 from tykworker.config import Settings
@@ -27,6 +28,11 @@ def render_status(settings: Settings, as_json: bool = False) -> str:
         header, slots = board.header(), board.slots()
     finally:
         board.close()
+    if not _alive(header.supervisor_pid):
+        raise ConfigError(
+            f"no running tykworker found for {settings.socket} (the scoreboard at {path} is"
+            f" from supervisor pid {header.supervisor_pid}, which is gone)"
+        )
     if as_json:
         doc = {
             "server": dataclasses.asdict(header),
@@ -51,3 +57,17 @@ def render_status(settings: Settings, as_json: bool = False) -> str:
             f"{s.rss / 1048576:>8.1f}  {current}"
         )
     return "\n".join(lines)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0; EPERM means it exists but is not ours)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
