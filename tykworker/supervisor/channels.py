@@ -7,9 +7,10 @@ supervisor's: ``process.Supervisor._fork``). Because the supervisor knows who ho
 channel, a message is judged by its channel, never by what it claims:
 
 * a datagram is one CONTROL frame; anything else (partial, oversized, undecodable, wrong
-  field types) is logged and dropped. It cannot affect another sender: there is no shared
-  stream to desynchronise. A worker's channel is closed at its first bad message (plugin
-  code may hold it; no log flood); the front's stays open.
+  field types) is dropped. It cannot affect another sender: there is no shared stream to
+  desynchronise. Only a sender's first bad message is logged (plugin code may hold a
+  worker's channel: no log flood). A worker's channel is closed by the supervisor as soon
+  as its ``WorkerReady`` is accepted: a worker has nothing more to say.
 * ``refusal`` (pure) says why a decoded message is not acceptable from its sender: a
   worker reports only ``WorkerReady`` for its own pid and the generation it was given;
   only the front reports ``FrontReady`` and ``Stuck``, and only for a live worker.
@@ -42,6 +43,7 @@ class Sender:
     is_front: bool
     generation: int = 0
     pid: int = 0  # known once forked
+    bad: int = 0  # messages dropped
 
 
 def open_pair() -> tuple[socket.socket, socket.socket]:
@@ -98,8 +100,7 @@ class Channels:
         self, sender: Sender, is_live_worker: Callable[[int], bool]
     ) -> list[control.Message]:
         """The acceptable messages waiting on ``sender``'s channel (at most ``BATCH``
-        datagrams). EOF, or a worker's bad or refused message, closes the channel. Never
-        raises."""
+        datagrams). EOF, or a worker's accepted ready, closes the channel. Never raises."""
         messages: list[control.Message] = []
         for _ in range(BATCH):
             try:
@@ -118,17 +119,20 @@ class Channels:
                 why = refusal(sender, message, is_live_worker)
             except ProtocolError as exc:
                 why = str(exc)
-            if not why:
-                messages.append(message)
-            elif not self._bad(sender, why):
+            if why:
+                self._bad(sender, why)
+                continue
+            messages.append(message)
+            if isinstance(message, control.WorkerReady):
+                self.close(sender.pid)
                 break
         return messages
 
-    def _bad(self, sender: Sender, why: str) -> bool:
-        """Log a bad message; False when the channel was closed for it (a worker's)."""
-        if sender.is_front:
-            log.error("bad message from the front (pid %d), dropped: %s", sender.pid, why)
-            return True
-        log.error("bad message from worker pid %d, its channel closed: %s", sender.pid, why)
-        self.close(sender.pid)
-        return False
+    def _bad(self, sender: Sender, why: str) -> None:
+        sender.bad += 1
+        if sender.bad == 1:
+            what = "the front" if sender.is_front else "worker"
+            log.error(
+                "bad message from %s pid %d dropped (and any further ones, silently): %s",
+                what, sender.pid, why,
+            )  # fmt: skip

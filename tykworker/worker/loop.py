@@ -131,14 +131,17 @@ class Worker:
             log.error("plugins failed to import:\n%s", traceback.format_exc())
             return ExitCode.PLUGIN_LOAD_ERROR
         hello = control.Hello(self.pid, self.spec.generation, self.spec.index)
-        bridge.sendall(encode_frame(FrameKind.HELLO, 0, control.encode(hello)))
-        self._report_ready()
-        self._set_state(SlotState.IDLE)
-        proctitle.set(f"{self.label} idle")
-        if self.settings.slow_call_threshold > 0:
-            logs.SlowCallLog(self.settings.slow_call_threshold).start()
         try:
+            bridge.sendall(encode_frame(FrameKind.HELLO, 0, control.encode(hello)))
+            self._report_ready()
+            self._set_state(SlotState.IDLE)
+            proctitle.set(f"{self.label} idle")
+            if self.settings.slow_call_threshold > 0:
+                logs.SlowCallLog(self.settings.slow_call_threshold).start()
             return self._serve(bridge, runtime, signals)
+        except OSError as exc:  # the front closed a connection that plugin code broke
+            log.error("bridge connection lost: %s", exc)
+            return ExitCode.ERROR
         finally:
             runtime.close()
 
@@ -146,6 +149,8 @@ class Worker:
         """Tell the supervisor, then close the channel: the worker has nothing more to
         say, and plugin code (which runs from now on) keeps no way to the supervisor."""
         ready = control.WorkerReady(self.pid, self.spec.generation)
+        with contextlib.suppress(OSError):  # wait for room, whatever plugin code set
+            os.set_blocking(self.spec.channel_fd, True)
         if not control.report(self.spec.channel_fd, ready):
             log.error("could not tell the supervisor that this worker is ready")
         with contextlib.suppress(OSError):  # plugin import code may have closed it
