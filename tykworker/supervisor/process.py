@@ -335,7 +335,9 @@ class Supervisor:
                 raise ConnectionError("no front")
             front.sock.send(control.encode_frame_of(control.LiveSettings.of(new)))
         except OSError as exc:
-            log.error("reload: the front did not take its new settings (%s); kept the old ones", exc)
+            log.error(
+                "reload: the front did not take its new settings (%s); kept the old ones", exc
+            )
 
     def _stop(self, graceful: bool) -> None:
         log.info("%s stop requested", "graceful" if graceful else "fast")
@@ -364,7 +366,9 @@ class Supervisor:
                 os.kill(action.pid, action.signum)
 
     def _fork(
-        self, child: Callable[[], int], pair: tuple[socket.socket, socket.socket],
+        self,
+        child: Callable[[], int],
+        pair: tuple[socket.socket, socket.socket],
         *keep: socket.socket,
     ) -> int:
         """Fork; the child runs ``child`` holding only stdio, the child's end of its own

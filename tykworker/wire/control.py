@@ -246,8 +246,8 @@ def report(fd: int, message: Message) -> bool:
 
 __all__ = [
     "MAX_DATAGRAM",
-    "FrontReady",
     "Failed",
+    "FrontReady",
     "Hello",
     "LiveSettings",
     "Message",
