@@ -137,3 +137,34 @@ def test_worker_bridge_reader_survives_any_bytes(board: Path, chunks: list[bytes
             signal.signal(signum, handler)
         signals.wake_r.close()
         signals.wake_w.close()
+
+
+class _PeerTransport(FakeTransport):
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+
+@pytest.mark.parametrize("claimed", [os.getpid(), os.getpid() + 1])
+def test_a_hello_must_name_the_connected_process(board: Path, claimed: int) -> None:
+    """Plugin code could send its own HELLO naming a sibling's pid, so that the front's
+    stuck report would name the sibling: the pid is checked with SO_PEERCRED."""
+    mine, theirs = socket.socketpair()
+    try:
+        front = Front(Settings(), FrontSpec(mine, theirs.fileno(), board))
+        link = _WorkerLink(front)
+        transport = _PeerTransport(mine)
+        link.connection_made(transport)  # type: ignore[arg-type]
+        link.data_received(
+            encode_frame(FrameKind.HELLO, 0, control.encode(control.Hello(claimed, 1, 0)))
+        )
+        assert transport.closed is (claimed != os.getpid())
+        assert [w.pid for w in front.members.values()] == (
+            [claimed] if claimed == os.getpid() else []
+        )
+    finally:
+        mine.close()
+        theirs.close()
