@@ -117,3 +117,15 @@ def test_reload_does_not_signal_an_unrelated_process_named_in_the_pid_file(start
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_health_does_not_trust_the_scoreboard_header(start_server):
+    """A worker can write the scoreboard (it maps it to write its slot): a forged
+    generation must not make health answer NOT_SERVING while calls succeed."""
+    from tests.integration.test_observability import check
+
+    server = start_server("--workers", "1", plugins=HOSTILE)
+    serving = check(server)
+    assert int(server.dispatch("ForgeBoard").request.set_headers["X-Worker-Pid"])
+    assert check(server) == serving, server.log()
+    assert _pid_of(server, "Echo") in server.worker_pids()

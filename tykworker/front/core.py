@@ -96,6 +96,7 @@ class Front:
         self.unix_paths: list[str] = []
         self.health = Health(self.is_serving)
         self.stats: CallStats | None = None  # set when the metrics endpoint is on
+        self.generation = 1  # the pool's current one, told by the supervisor
 
     # --- calls ----------------------------------------------------------------------
     def submit(
@@ -285,9 +286,8 @@ class Front:
         them (health.py)."""
         if not self.router.accepting:
             return False
-        generation = self.board.header().generation
         return any(
-            w.generation >= generation and not w.draining and not w.lost
+            w.generation >= self.generation and not w.draining and not w.lost
             for w in self.router.workers.values()
         )
 
@@ -388,6 +388,9 @@ class Front:
             self.settings = apply_live_settings(self.settings, message.values())
             self.router.queue_limit = self.settings.queue_size
             log.info("applied new live settings: %s", live_settings(self.settings))
+        elif isinstance(message, control.Generation):
+            self.generation = message.generation
+            self.health.notify()
         else:
             log.error("unexpected %r message from the supervisor dropped", message.op)
 

@@ -83,6 +83,7 @@ class Supervisor:
         self.reloads = 0
         self.reload_failures = 0
         self.front_pid = 0
+        self.front_generation = 0  # the generation the front was last told
 
     # --- set-up ---------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -294,6 +295,8 @@ class Supervisor:
     def _on_status(self, message: control.Message) -> None:
         if isinstance(message, control.WorkerReady | control.FrontReady):
             self.pool.ready(message.pid)
+            if isinstance(message, control.FrontReady):
+                self.front_generation = 0  # a new front: tell it (``_publish``)
         elif isinstance(message, control.Stuck):
             worker = message.worker
             log.error(
@@ -329,15 +332,21 @@ class Supervisor:
         restart = [f for f in RESTART_ONLY if getattr(new, f) != getattr(self.settings, f)]
         if restart:
             log.warning("reload: %s changed; a restart applies them", ", ".join(restart))
+        if not self._send_front(control.LiveSettings.of(new)):
+            log.error("reload: the front did not take its new settings; kept the old ones")
+
+    def _send_front(self, message: control.Message) -> bool:
+        """One message on the front's channel; False (logged) when there is none or it is
+        full: the front does not read it."""
         front = self.channels.front()
         try:
             if front is None:
                 raise ConnectionError("no front")
-            front.sock.send(control.encode_frame_of(control.LiveSettings.of(new)))
+            front.sock.send(control.encode_frame_of(message))
         except OSError as exc:
-            log.error(
-                "reload: the front did not take its new settings (%s); kept the old ones", exc
-            )
+            log.error("cannot send %r to the front: %s", message.op, exc)
+            return False
+        return True
 
     def _stop(self, graceful: bool) -> None:
         log.info("%s stop requested", "graceful" if graceful else "fast")
@@ -463,6 +472,9 @@ class Supervisor:
             degraded=pool.degraded,
             target_workers=pool.target,
         )
+        if self.front_generation != pool.generation and pool.front_ready:
+            self._send_front(control.Generation(pool.generation))
+            self.front_generation = pool.generation
         text = self._status_text()
         if not self.announced and pool.phase is Phase.RUNNING:
             self.announced = True

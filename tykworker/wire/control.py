@@ -6,7 +6,8 @@ Channels (see supervisor/process.py for who holds which descriptor):
   one CONTROL frame per datagram. A worker sends ``WorkerReady``; the front sends
   ``FrontReady`` and ``Stuck``. The supervisor knows the sender from the channel, never
   from the message (``pid`` fields are checked against it).
-* **settings**: the same channel of the front, the other way: ``LiveSettings`` (SIGHUP).
+* **settings**: the same channel of the front, the other way: ``LiveSettings`` (SIGHUP)
+  and ``Generation``.
 * **bridge** (worker -> front): the payload of the HELLO frame is a ``Hello``; a CONTROL
   frame carrying ``Failed`` precedes the REPLY of a call the plugin failed. DRAIN frames
   have no payload.
@@ -116,9 +117,19 @@ class LiveSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-Message = Hello | WorkerReady | FrontReady | Stuck | Failed | LiveSettings
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """Supervisor -> front: the pool's current generation (health: only its workers, or
+    newer ones, count). Sent on the channel, not read from the scoreboard, which plugin
+    code can write."""
+
+    op: ClassVar[str] = "generation"
+    generation: int
+
+
+Message = Hello | WorkerReady | FrontReady | Stuck | Failed | LiveSettings | Generation
 _TYPES: Final[dict[str, type[Message]]] = {
-    t.op: t for t in (Hello, WorkerReady, FrontReady, Stuck, Failed, LiveSettings)
+    t.op: t for t in (Hello, WorkerReady, FrontReady, Stuck, Failed, LiveSettings, Generation)
 }
 
 
@@ -172,6 +183,7 @@ _CHECKS: Final[dict[type[Message], dict[str, Callable[[object], object]]]] = {
     FrontReady: {"pid": _PID},
     Stuck: {"pid": _PID, "worker": _PID, "call_id": _int(0), "hook": _str, "elapsed": _number},
     Failed: {"reason": _str},
+    Generation: {"generation": _int(1)},
     LiveSettings: {
         "hook_timeout": _positive,
         "hook_timeout_for": _deadlines,
@@ -248,6 +260,7 @@ __all__ = [
     "MAX_DATAGRAM",
     "Failed",
     "FrontReady",
+    "Generation",
     "Hello",
     "LiveSettings",
     "Message",
