@@ -109,12 +109,39 @@ def _supervisor_pid(settings: Settings) -> int:
         raise ConfigError(f"no running tykworker found for {settings.socket} ({pidfile})") from exc
 
 
+def _verify_supervisor(settings: Settings, pid: int) -> None:
+    """Refuse (ConfigError) unless ``pid`` is this server's supervisor: its process title
+    names this socket, it runs as the owner of the runtime directory, and it is not a
+    child of another tykworker process (plugin code can write the pid file and set its
+    own title, but it runs under a worker)."""
+    import psutil
+
+    expected = f"tykworker: supervisor {settings.socket}"
+    try:
+        proc = psutil.Process(pid)
+        title = " ".join(proc.cmdline()).strip()
+        uid = proc.uids().real
+        parent = proc.parent()
+        parent_title = " ".join(parent.cmdline()) if parent is not None else ""
+        owner = settings.resolved_runtime_dir().stat().st_uid
+    except (psutil.Error, OSError) as exc:
+        raise ConfigError(
+            f"pid {pid} from supervisor.pid is not a running tykworker: {exc}"
+        ) from exc
+    if title != expected or uid != owner or parent_title.startswith("tykworker: "):
+        raise ConfigError(
+            f"pid {pid} from supervisor.pid is not the supervisor of {settings.socket} "
+            f"({title!r}, uid {uid}; the runtime directory belongs to uid {owner}): not signalled"
+        )
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """SIGHUP the supervisor, then wait until the new generation is ready or failed."""
     from tykworker.wire.scoreboard import Scoreboard
 
     settings = _settings(args)
     pid = _supervisor_pid(settings)
+    _verify_supervisor(settings, pid)
     board = Scoreboard.open(settings.resolved_runtime_dir() / "scoreboard", writable=False)
     before = board.header()
     os.kill(pid, signal.SIGHUP)

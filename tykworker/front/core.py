@@ -27,12 +27,12 @@ import itertools
 import logging
 import os
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
-
-import msgpack
 
 from tykworker.config import HOOK_TYPES, Settings, apply_live_settings, live_settings
 from tykworker.errors import ConfigError, ProtocolError
@@ -55,6 +55,7 @@ calls_log = logging.getLogger("tykworker.calls")
 
 _HOOK_NAMES = {number: name for name, number in HOOK_TYPES.items()}
 Respond = Callable[[bytes], None]
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class _Server(Protocol):
@@ -96,6 +97,7 @@ class Front:
         self.unix_paths: list[str] = []
         self.health = Health(self.is_serving)
         self.stats: CallStats | None = None  # set when the metrics endpoint is on
+        self.generation = 1  # the pool's current one, told by the supervisor
 
     # --- calls ----------------------------------------------------------------------
     def submit(
@@ -212,14 +214,10 @@ class Front:
         )
         if reason is Reason.TIMEOUT and pid is not None:
             self.health.notify()  # that worker is lost
-            control.report(
-                self.spec.status_fd,
-                "stuck",
-                worker=pid,
-                call_id=call.call_id,
-                hook=call.hook_name,
-                elapsed=time.monotonic() - call.arrived_at,
-            )
+            elapsed = time.monotonic() - call.arrived_at
+            stuck = control.Stuck(os.getpid(), pid, call.call_id, call.hook_name, elapsed)
+            if not control.report(self.spec.channel_fd, stuck):
+                log.error("could not tell the supervisor that worker pid %d is stuck", pid)
         self._resolve(call, reply)
 
     def _count(self, reason: Reason) -> None:
@@ -239,8 +237,13 @@ class Front:
         """The first frame of a bridge connection: HELLO, the worker is ready."""
         if frame.kind != FrameKind.HELLO:
             raise ProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
-        hello = msgpack.unpackb(frame.payload)
-        worker = Worker(conn_id, int(hello["pid"]), int(hello["generation"]), int(hello["index"]))
+        hello = control.decode(frame.payload)
+        if not isinstance(hello, control.Hello):
+            raise ProtocolError(f"expected a hello from a worker, got {hello.op!r}")
+        peer = _peer_pid(link)
+        if peer is not None and peer != hello.pid:
+            raise ProtocolError(f"worker pid {peer} claims to be pid {hello.pid}")
+        worker = Worker(conn_id, hello.pid, hello.generation, hello.index)
         self.links[conn_id] = link
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
@@ -266,20 +269,23 @@ class Front:
             raise ProtocolError(f"unexpected {frame.kind.name} frame from a worker")
 
     def _on_worker_control(self, conn_id: int, frame: Frame) -> None:
-        """``{"op": "failed", "reason": code}``: the plugin failed the call ``frame.call_id``
-        (its REPLY follows). Unknown ops are ignored (newer workers, older front)."""
-        message = msgpack.unpackb(frame.payload)
+        """``Failed``: the plugin failed the call ``frame.call_id`` (its REPLY follows).
+        Anything else is logged and dropped: the frame itself was well delimited."""
+        try:
+            message = control.decode(frame.payload)
+        except ProtocolError as exc:
+            log.warning("bridge connection %d: bad control message dropped: %s", conn_id, exc)
+            return
         worker = self.router.workers.get(conn_id)
         call = worker.call if worker else None
-        if not isinstance(message, dict) or message.get("op") != "failed" or call is None:
+        if not isinstance(message, control.Failed) or call is None:
             return
         if call.call_id != frame.call_id:
             return  # the call was already answered (timeout): it is counted there
         self.counters.errors += 1
         self.board.write_header(errors=self.counters.errors)
         if self.stats is not None:
-            reason = str(message.get("reason", ""))
-            self.stats.observe_answer(_type_name(call), call.hook_name, reason)
+            self.stats.observe_answer(_type_name(call), call.hook_name, message.reason)
 
     # --- health and metrics ---------------------------------------------------------
     def is_serving(self) -> bool:
@@ -287,9 +293,8 @@ class Front:
         them (health.py)."""
         if not self.router.accepting:
             return False
-        generation = self.board.header().generation
         return any(
-            w.generation >= generation and not w.draining and not w.lost
+            w.generation >= self.generation and not w.draining and not w.lost
             for w in self.router.workers.values()
         )
 
@@ -348,11 +353,12 @@ class Front:
             lambda: _WorkerLink(self), sock=self.spec.bridge_sock
         )
         servers = await self._start_public()
-        config = FrameDecoder(control.PIPE_BUF * 16)
-        loop.add_reader(self.spec.config_fd, self._read_config, config)
+        os.set_blocking(self.spec.channel_fd, False)  # a report never blocks a timer
+        loop.add_reader(self.spec.channel_fd, self._read_config)
         metrics = await self._start_metrics()
         self.board.write_header(front_pid=os.getpid())
-        control.report(self.spec.status_fd, "ready")
+        if not control.report(self.spec.channel_fd, control.FrontReady(os.getpid())):
+            log.error("could not tell the supervisor that the front is ready")
         log.info("serving coprocess.Dispatcher on %s", self.settings.socket)
         await self.stopping.wait()
         await self._drain(servers)
@@ -362,23 +368,38 @@ class Front:
         for link in list(self.links.values()):
             link.close()
 
-    def _read_config(self, decoder: FrameDecoder) -> None:
-        """New live settings from the supervisor (SIGHUP): deadlines, fail-open and queue
-        size apply to calls routed from now on."""
+    def _read_config(self) -> None:
+        """New live settings from the supervisor (SIGHUP) on the front's channel:
+        deadlines, fail-open and queue size apply to calls routed from now on. One datagram
+        is one message; a bad one is logged and dropped."""
+        for _ in range(16):
+            try:
+                data = os.read(self.spec.channel_fd, control.MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                data = b""
+                log.error("channel to the supervisor failed: %s", exc)
+            if not data:  # the supervisor is gone; PDEATHSIG stops us
+                asyncio.get_running_loop().remove_reader(self.spec.channel_fd)
+                return
+            self._on_supervisor(data)
+
+    def _on_supervisor(self, datagram: bytes) -> None:
         try:
-            data = os.read(self.spec.config_fd, 65536)
-        except BlockingIOError:
+            message = control.decode_frame(datagram)
+        except ProtocolError as exc:
+            log.error("bad message from the supervisor dropped: %s", exc)
             return
-        if not data:  # the supervisor is gone; PDEATHSIG stops us
-            asyncio.get_running_loop().remove_reader(self.spec.config_fd)
-            return
-        decoder.feed(data)
-        while (frame := decoder.next_frame()) is not None:
-            message = control.decode_control(frame.payload)
-            if message["op"] == "config":
-                self.settings = apply_live_settings(self.settings, message)
-                self.router.queue_limit = self.settings.queue_size
-                log.info("applied new live settings: %s", live_settings(self.settings))
+        if isinstance(message, control.LiveSettings):
+            self.settings = apply_live_settings(self.settings, message.values())
+            self.router.queue_limit = self.settings.queue_size
+            log.info("applied new live settings: %s", live_settings(self.settings))
+        elif isinstance(message, control.Generation):
+            self.generation = message.generation
+            self.health.notify()
+        else:
+            log.error("unexpected %r message from the supervisor dropped", message.op)
 
     def _stop_now(self) -> None:
         self.fast = True
@@ -424,7 +445,7 @@ class _WorkerLink(asyncio.Protocol):
                 elif self.transport is not None:
                     front.worker_joined(self.conn_id, frame, self.transport)
                     self.joined = True
-        except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+        except ProtocolError as exc:  # the stream cannot be resynchronised: close it
             log.error("bridge connection %d broken: %s", self.conn_id, exc)
             if self.transport is not None:
                 self.transport.close()
@@ -432,6 +453,18 @@ class _WorkerLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.front.worker_left(self.conn_id)
+
+
+def _peer_pid(link: asyncio.BaseTransport) -> int | None:
+    """The pid of the process at the other end of a bridge connection (SO_PEERCRED),
+    None where unknown."""
+    sock = link.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except (AttributeError, OSError):
+        return None
+    pid: int = _UCRED.unpack(creds)[0]
+    return pid
 
 
 def _type_name(call: Call) -> str:

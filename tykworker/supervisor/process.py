@@ -5,7 +5,8 @@ runs plugin code: both happen only in children. ``pool.Pool`` decides; this modu
 (fork, signal, reap, sd_notify, scoreboard header).
 
 Loop (STYLE.md §4): signal handlers only push the signal number on a queue; the loop
-blocks in ``selectors`` on the signal wake-up socket and the status pipe, with a timeout
+blocks in ``selectors`` on the signal wake-up socket and each child's channel
+(channels.py: one per child, read and checked per sender), with a timeout
 taken from ``Pool.next_wakeup``. No fixed polling.
 
 Signals: HUP = rolling reload (re-reads config; an invalid one is logged and the old one
@@ -31,9 +32,10 @@ from types import FrameType
 
 import psutil
 
-from tykworker.config import RESTART_ONLY, Settings, live_settings, parse_address
-from tykworker.errors import ConfigError, ExitCode, ProtocolError
+from tykworker.config import RESTART_ONLY, Settings, parse_address
+from tykworker.errors import ConfigError, ExitCode
 from tykworker.store import STORE_FILENAME, SQLiteStore
+from tykworker.supervisor.channels import Channels, Sender, open_pair
 from tykworker.supervisor.pool import (
     Exit,
     Phase,
@@ -46,7 +48,6 @@ from tykworker.supervisor.pool import (
 )
 from tykworker.system import crashlog, kernel, proctitle, sockets, systemd
 from tykworker.wire import control
-from tykworker.wire.frames import FrameDecoder
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
 from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotView
 
@@ -82,6 +83,7 @@ class Supervisor:
         self.reloads = 0
         self.reload_failures = 0
         self.front_pid = 0
+        self.front_generation = 0  # the generation the front was last told
 
     # --- set-up ---------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -105,11 +107,6 @@ class Supervisor:
         self.bridge = sockets.bind_unix_listener(self.bridge_path, 0o600)
         if identity is not None:
             self._share_runtime_dir(*identity[:2])
-        self.status_r, self.status_w = os.pipe()
-        os.set_blocking(self.status_r, False)
-        # Supervisor -> front: the settings the front applies without a restart (SIGHUP).
-        self.config_r, self.config_w = os.pipe()
-        os.set_blocking(self.config_w, False)
         self.wake_r, self.wake_w = socket.socketpair()
         for sock in (self.wake_r, self.wake_w):
             sock.setblocking(False)
@@ -118,8 +115,8 @@ class Supervisor:
             signal.signal(signum, self._record)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.wake_r, selectors.EVENT_READ)
-        self.selector.register(self.status_r, selectors.EVENT_READ)
-        self.status_decoder = FrameDecoder(control.PIPE_BUF)
+        # One channel per child (channels.py): status to us, live settings to the front.
+        self.channels = Channels(self.selector)
 
     def _claim_public_sockets(self) -> None:
         """The front binds the public sockets; what would make it fail is refused here,
@@ -191,7 +188,7 @@ class Supervisor:
             if key.fileobj is self.wake_r:
                 self._drain_wakeups()
             else:
-                self._read_status()
+                self._read_status(key.data)
         while self.signals:
             self._on_signal(self.signals.popleft())
 
@@ -236,6 +233,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)  # whatever the worker's plugins spawned
             self._log_exit(pid, code, proc.state if proc else None)
+            self.channels.close(pid)
             index = self.index_of.pop(pid, None)
             if index is not None:
                 self._log_stack(pid, self.board.slot(index))
@@ -284,37 +282,31 @@ class Supervisor:
         else:
             log.debug("%s pid %d exited", what, pid)
 
-    def _read_status(self) -> None:
-        try:
-            data = os.read(self.status_r, 65536)
-        except BlockingIOError:
-            return
-        try:
-            self.status_decoder.feed(data)
-            while (frame := self.status_decoder.next_frame()) is not None:
-                self._on_status(control.decode_control(frame.payload))
-        except (ProtocolError, ValueError) as exc:
-            log.error("bad status message: %s", exc)
-            self.status_decoder = FrameDecoder(control.PIPE_BUF)
+    def _read_status(self, sender: Sender) -> None:
+        """What one child said on its channel; bad or refused messages are logged and
+        dropped there (channels.py), never raised."""
+        for message in self.channels.receive(sender, self._is_live_worker):
+            self._on_status(message)
 
-    def _on_status(self, message: dict[str, object]) -> None:
-        op, pid = message["op"], int(message.get("pid", 0))  # type: ignore[call-overload]
-        if op == "ready":
-            self.pool.ready(pid)
-        elif op == "stuck":
-            worker = int(message["worker"])  # type: ignore[call-overload]
+    def _is_live_worker(self, pid: int) -> bool:
+        proc = self.pool.procs.get(pid)
+        return proc is not None and not proc.is_front
+
+    def _on_status(self, message: control.Message) -> None:
+        if isinstance(message, control.WorkerReady | control.FrontReady):
+            self.pool.ready(message.pid)
+            if isinstance(message, control.FrontReady):
+                self.front_generation = 0  # a new front: tell it (``_publish``)
+        elif isinstance(message, control.Stuck):
+            worker = message.worker
             log.error(
                 "worker pid %d stuck on call %s hook %r for %.1fs: dumping its stacks "
                 "(SIGABRT) then killing it",
                 worker,
-                message.get("call_id"),
-                message.get("hook"),
-                message.get("elapsed"),
-                extra={
-                    "call_id": message.get("call_id"),
-                    "hook": message.get("hook"),
-                    "worker_pid": worker,
-                },
+                message.call_id,
+                message.hook,
+                message.elapsed,
+                extra={"call_id": message.call_id, "hook": message.hook, "worker_pid": worker},
             )
             for action in self.pool.stuck(worker, time.monotonic()):
                 self._act(action)
@@ -340,10 +332,21 @@ class Supervisor:
         restart = [f for f in RESTART_ONLY if getattr(new, f) != getattr(self.settings, f)]
         if restart:
             log.warning("reload: %s changed; a restart applies them", ", ".join(restart))
+        if not self._send_front(control.LiveSettings.of(new)):
+            log.error("reload: the front did not take its new settings; kept the old ones")
+
+    def _send_front(self, message: control.Message) -> bool:
+        """One message on the front's channel; False (logged) when there is none or it is
+        full: the front does not read it."""
+        front = self.channels.front()
         try:
-            os.write(self.config_w, control.encode_control("config", **live_settings(new)))
-        except BlockingIOError:
-            log.error("reload: the front is not reading its settings; kept the old ones")
+            if front is None:
+                raise ConnectionError("no front")
+            front.sock.send(control.encode_frame_of(message))
+        except OSError as exc:
+            log.error("cannot send %r to the front: %s", message.op, exc)
+            return False
+        return True
 
     def _stop(self, graceful: bool) -> None:
         log.info("%s stop requested", "graceful" if graceful else "fast")
@@ -371,9 +374,20 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(action.pid, action.signum)
 
-    def _fork(self, child: Callable[[], int]) -> int:
+    def _fork(
+        self,
+        child: Callable[[], int],
+        pair: tuple[socket.socket, socket.socket],
+        *keep: socket.socket,
+    ) -> int:
+        """Fork; the child runs ``child`` holding only stdio, the child's end of its own
+        ``channel`` and ``keep``: every other descriptor of ours (the wake-up socketpair,
+        the other children's channels, the bridge listener unless kept, the scoreboard's
+        and systemd's) is closed first, so plugin code cannot reach them."""
+        mine, channel = pair
         pid = os.fork()
         if pid:
+            channel.close()
             return pid
         code: int = ExitCode.ERROR
         try:
@@ -381,8 +395,12 @@ class Supervisor:
             for signum in _HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
             self.selector.close()
-            os.close(self.status_r)
-            os.close(self.config_w)
+            kept = {channel.fileno(), *(sock.fileno() for sock in keep)}
+            for sock in (mine, self.wake_r, self.wake_w, self.bridge, *self.channels.sockets()):
+                if sock.fileno() not in kept:
+                    sock.close()
+            channel.detach()  # the child owns the descriptor now (its spec carries it)
+            kernel.close_fds_except({0, 1, 2, *kept})
             kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGTERM)  # supervisor gone -> drain, exit
             code = child()
         except BaseException:
@@ -397,32 +415,35 @@ class Supervisor:
         index = self.board.free_index(taken)
         # A generation runs with the settings read by the last SIGHUP before it started.
         settings = self.settings_of.setdefault(generation, self.latest)
+        mine, theirs = open_pair()
         spec = WorkerSpec(
             generation,
             slot,
             index,
             self.bridge_path,
-            self.status_w,
+            theirs.fileno(),
             self.board.path,
             self.identity,
         )
 
         def child() -> int:
             os.setpgid(0, 0)  # own group: what its plugins spawn dies with it
-            self.bridge.close()
             return self.children.worker(settings, spec)
 
-        pid = self._fork(child)
+        pid = self._fork(child, (mine, theirs))
+        self.channels.attach(Sender(mine, is_front=False, generation=generation), pid)
         self.index_of[pid] = index
         self.pool.spawned(pid, generation, slot, time.monotonic())
 
     def _spawn_front(self) -> None:
-        spec_args = (self.bridge, self.status_w, self.board.path, self.config_r)
+        mine, theirs = open_pair()
+        spec = FrontSpec(self.bridge, theirs.fileno(), self.board.path)
 
         def child() -> int:
-            return self.children.front(self.settings, FrontSpec(*spec_args))
+            return self.children.front(self.settings, spec)
 
-        self.front_pid = self._fork(child)
+        self.front_pid = self._fork(child, (mine, theirs), self.bridge)
+        self.channels.attach(Sender(mine, is_front=True), self.front_pid)
         self.pool.spawned(self.front_pid, 0, 0, time.monotonic())
 
     # --- reporting ------------------------------------------------------------------
@@ -451,6 +472,9 @@ class Supervisor:
             degraded=pool.degraded,
             target_workers=pool.target,
         )
+        if self.front_generation != pool.generation and pool.front_ready:
+            self._send_front(control.Generation(pool.generation))
+            self.front_generation = pool.generation
         text = self._status_text()
         if not self.announced and pool.phase is Phase.RUNNING:
             self.announced = True

@@ -1,4 +1,5 @@
-"""Process credentials and Linux ``prctl``: parent-death signal, subreaper, privilege drop.
+"""Process credentials and Linux ``prctl``: parent-death signal, subreaper, privilege drop;
+descriptors a forked child must not keep.
 
 ``drop_privileges`` does setgroups, setgid, setuid, in that order, then re-arms the
 parent-death signal the kernel clears on a credential change.
@@ -32,3 +33,15 @@ def drop_privileges(uid: int, gid: int, groups: tuple[int, ...], death_signal: i
     os.setresuid(uid, uid, uid)
     # The kernel clears PR_SET_PDEATHSIG when credentials change: arm it again.
     prctl(PR_SET_PDEATHSIG, death_signal)
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor of this process but those in ``keep`` (a forked child
+    sheds what it inherited). Python objects still wrapping a closed descriptor must not
+    be used or finalized afterwards: the caller leaves them alive until ``os._exit``."""
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))

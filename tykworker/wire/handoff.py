@@ -24,9 +24,9 @@ class FrontSpec:
     """What the supervisor hands the front it forks."""
 
     bridge_sock: socket.socket
-    status_fd: int
+    # Its own channel to the supervisor (wire/control.py): status out, live settings in.
+    channel_fd: int
     scoreboard_path: Path
-    config_fd: int  # live settings from the supervisor (SIGHUP), see config.LIVE_SETTINGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class WorkerSpec:
     slot: int  # logical pool slot
     index: int  # scoreboard slot
     bridge_path: Path
-    status_fd: int
+    channel_fd: int  # its own channel to the supervisor, for WorkerReady only
     scoreboard_path: Path
     # (uid, gid, groups) to switch to before importing plugins; None: keep the parent's
     identity: tuple[int, int, tuple[int, ...]] | None = None

@@ -7,7 +7,8 @@ Life of a worker (forked by the supervisor, never returns into supervisor code):
    bridge, then, if configured (``user``/``group``, started as root), drop privileges for
    good: no plugin code ever runs with the supervisor's credentials;
 2. import plugins (``plugins.load_runtime``); failure -> traceback logged, exit code 3;
-3. send HELLO on the bridge, report ``ready`` to the supervisor;
+3. send HELLO on the bridge, report ``ready`` to the supervisor on the worker's own
+   channel, and close that channel (plugin code keeps no descriptor of the supervisor's);
 4. loop: read a frame, run the hook, write the REPLY frame with the same call id;
 5. leave gracefully on SIGTERM, after ``max_requests`` calls or above ``max_rss_mb``:
    send DRAIN, keep serving whatever the front already sent, exit 0 when the front closes
@@ -23,6 +24,7 @@ log with ``slow_call_threshold``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -34,7 +36,6 @@ import traceback
 from types import FrameType
 from typing import Protocol
 
-import msgpack
 import psutil
 
 from tykworker import logs
@@ -131,17 +132,31 @@ class Worker:
         except Exception:
             log.error("plugins failed to import:\n%s", traceback.format_exc())
             return ExitCode.PLUGIN_LOAD_ERROR
-        hello = {"pid": self.pid, "generation": self.spec.generation, "index": self.spec.index}
-        bridge.sendall(encode_frame(FrameKind.HELLO, 0, msgpack.packb(hello)))
-        control.report(self.spec.status_fd, "ready", generation=self.spec.generation)
-        self._set_state(SlotState.IDLE)
-        proctitle.set(f"{self.label} idle")
-        if self.settings.slow_call_threshold > 0:
-            logs.SlowCallLog(self.settings.slow_call_threshold).start()
+        hello = control.Hello(self.pid, self.spec.generation, self.spec.index)
         try:
+            bridge.sendall(encode_frame(FrameKind.HELLO, 0, control.encode(hello)))
+            self._report_ready()
+            self._set_state(SlotState.IDLE)
+            proctitle.set(f"{self.label} idle")
+            if self.settings.slow_call_threshold > 0:
+                logs.SlowCallLog(self.settings.slow_call_threshold).start()
             return self._serve(bridge, runtime, signals)
+        except OSError as exc:  # the front closed a connection that plugin code broke
+            log.error("bridge connection lost: %s", exc)
+            return ExitCode.ERROR
         finally:
             runtime.close()
+
+    def _report_ready(self) -> None:
+        """Tell the supervisor, then close the channel: the worker has nothing more to
+        say, and plugin code (which runs from now on) keeps no way to the supervisor."""
+        ready = control.WorkerReady(self.pid, self.spec.generation)
+        with contextlib.suppress(OSError):  # wait for room, whatever plugin code set
+            os.set_blocking(self.spec.channel_fd, True)
+        if not control.report(self.spec.channel_fd, ready):
+            log.error("could not tell the supervisor that this worker is ready")
+        with contextlib.suppress(OSError):  # plugin import code may have closed it
+            os.close(self.spec.channel_fd)
 
     def _serve(self, bridge: socket.socket, runtime: _Runtime, signals: _Signals) -> int:
         decoder = FrameDecoder(self.settings.max_message_bytes)
@@ -197,8 +212,8 @@ class Worker:
         logs.end_call()
         head = encode_header(FrameKind.REPLY, call_id, len(reply))
         if logs.active_call.failure:  # tell the front before the reply (its metrics)
-            failed = msgpack.packb({"op": "failed", "reason": logs.active_call.failure})
-            head = encode_frame(FrameKind.CONTROL, call_id, failed) + head
+            failed = control.Failed(logs.active_call.failure)
+            head = control.encode_frame_of(failed, call_id) + head
         _send_all(bridge, head, reply)
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
