@@ -375,7 +375,8 @@ def start_gateway(
     proc = spawn(
         f"gateway-{host}", [str(binary), "start", "--conf", str(conf)], tmp, cwd=conf.parent
     )
-    wait_for(lambda: _status(f"http://127.0.0.1:{port}/hello", body=False) == 200, "gateway /hello", 60)
+    hello = f"http://127.0.0.1:{port}/hello"
+    wait_for(lambda: _status(hello, body=False) == 200, "gateway /hello", 60)
     for name in hooks:  # loaded = the listen path is routed (no 404)
         wait_for(
             lambda n=name: _status(f"http://127.0.0.1:{port}/{n}/", headers=_headers(n)) == 200,
@@ -447,7 +448,8 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def run_wrk(url: str, script: Path, duration: float, connections: int) -> dict[str, float]:
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url]
+    seconds = max(1, round(duration))  # wrk takes whole seconds
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert popen.stdout is not None
     out = popen.stdout.read().decode()
