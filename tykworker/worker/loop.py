@@ -93,7 +93,7 @@ class Worker:
         self.board = Scoreboard.open(spec.scoreboard_path)
         self.process = psutil.Process()
         self.rss = 0
-        self.label = f"worker {spec.slot} gen {spec.generation}"
+        self.label = f"worker {spec.seat} gen {spec.generation}"
 
     def run(self) -> int:
         signals = _Signals()
@@ -257,5 +257,5 @@ def _send_all(sock: socket.socket, head: bytes, body: bytes) -> None:
 
 def run_worker(settings: Settings, spec: WorkerSpec) -> int:
     """Entry point in the forked child; returns the exit code."""
-    proctitle.set(f"worker {spec.slot} gen {spec.generation} starting")
+    proctitle.set(f"worker {spec.seat} gen {spec.generation} starting")
     return Worker(settings, spec).run()
