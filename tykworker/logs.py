@@ -55,7 +55,7 @@ class ActiveCall:
     hook: str = ""
     api_id: str = ""
     started: float = 0.0  # time.monotonic()
-    failure: str = ""  # answers.Reason.code when tykworker answered for the hook
+    failure: str = ""  # reasons.Reason.code when tykworker answered for the hook
 
 
 active_call: Final = ActiveCall()

@@ -1,11 +1,13 @@
 """The front: terminates gRPC (and the raw socket) and routes each call to a worker.
 
-Runs in its own process, forked by the supervisor; the only process that imports grpc.
+Runs in its own process, forked by the supervisor; of the server's processes the only one
+that may import grpc, and only with ``front = "grpcio"`` (the native front never does).
 It never runs plugin code and never parses an Object (``peek_object_header`` only reads
 the top-level hook type and name, for deadlines and logs).
 
 Per call: ``router.submit`` -> frame to a worker over its bridge connection -> the
-worker's REPLY is the gateway's answer. A timer per call enforces the deadline: on expiry
+worker's REPLY is the gateway's answer. A timer per call enforces the deadline the router
+sets (router.py: the shorter of the hook type's and the client's): on expiry
 the gateway gets the timeout answer at once and the supervisor is told which worker is
 stuck (it dumps the stacks and kills it). A bridge connection that drops answers its
 call with the crash answer. See router.py for the exactly-once invariants.
@@ -39,12 +41,22 @@ from tykworker.errors import ConfigError, ProtocolError
 from tykworker.front.health import Health, ServingStatus
 from tykworker.front.native import start_native
 from tykworker.front.raw import RawServer
-from tykworker.front.router import Action, Answer, Assign, Call, Close, Completed, Router, Worker
+from tykworker.front.router import (
+    Action,
+    Answer,
+    Arm,
+    Assign,
+    Call,
+    Close,
+    Completed,
+    Lane,
+    Router,
+)
 from tykworker.system import proctitle
 from tykworker.wire import answers, control
-from tykworker.wire.answers import Reason
 from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
 from tykworker.wire.handoff import FrontSpec
+from tykworker.wire.reasons import Reason
 from tykworker.wire.scoreboard import Scoreboard
 
 if TYPE_CHECKING:
@@ -85,7 +97,7 @@ class Front:
         self.router = Router(queue_limit=settings.queue_size)
         self.pending: dict[int, _Pending] = {}
         self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
-        self.members: dict[int, Worker] = {}  # bridge connection -> worker (for logs)
+        self.members: dict[int, Lane] = {}  # bridge connection -> worker (for logs)
         self.ids = itertools.count(1)
         self.conn_ids = itertools.count(1)
         self.counters = Counters()
@@ -114,13 +126,8 @@ class Front:
         pending = _Pending(respond)
         self.pending[call.call_id] = pending
         self.counters.calls += 1
-        self._apply(self.router.submit(call))
-        if call.call_id in self.pending:  # not answered at once
-            limit = self.settings.timeout_for(_type_name(call))
-            if deadline is not None:
-                limit = min(limit, deadline)
-            loop = asyncio.get_running_loop()
-            pending.timer = loop.call_at(loop.time() + limit, self._expire, call.call_id)
+        hook_timeout = self.settings.timeout_for(_type_name(call))
+        self._apply(self.router.submit(call, hook_timeout, deadline))
 
     async def call(self, kind: FrameKind, payload: bytes, deadline: float | None = None) -> bytes:
         """``submit`` for coroutine callers (grpcio). Cancelling the awaiting task drops
@@ -137,12 +144,21 @@ class Front:
     def _expire(self, call_id: int) -> None:
         self._apply(self.router.expire(call_id))
 
-    def _apply(self, actions: list[Action], reply: bytes = b"") -> None:
+    def _arm(self, action: Arm) -> None:
+        pending = self.pending.get(action.call.call_id)
+        if pending is not None:
+            loop = asyncio.get_running_loop()
+            delay = action.deadline - time.monotonic()  # the loop's clock has its own origin
+            pending.timer = loop.call_at(loop.time() + delay, self._expire, action.call.call_id)
+
+    def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Assign):
                 self._send(action.conn_id, action.call)
+            elif isinstance(action, Arm):
+                self._arm(action)
             elif isinstance(action, Completed):
-                self._resolve(action.call, reply)
+                self._resolve(action.call, action.reply)
             elif isinstance(action, Answer):
                 self._answer(action)
             elif isinstance(action, Close):
@@ -233,7 +249,7 @@ class Front:
         if frame.kind != FrameKind.HELLO:
             raise ProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
         hello = msgpack.unpackb(frame.payload)
-        worker = Worker(conn_id, int(hello["pid"]), int(hello["generation"]), int(hello["index"]))
+        worker = Lane(conn_id, int(hello["pid"]), int(hello["generation"]), int(hello["index"]))
         self.links[conn_id] = link
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
@@ -249,7 +265,7 @@ class Front:
 
     def on_worker_frame(self, conn_id: int, frame: Frame) -> None:
         if frame.kind == FrameKind.REPLY:
-            self._apply(self.router.reply(conn_id, frame.call_id), frame.payload)
+            self._apply(self.router.reply(conn_id, frame.call_id, frame.payload))
         elif frame.kind == FrameKind.DRAIN:
             self._apply(self.router.drain(conn_id))
             self.health.notify()
