@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from .conftest import FRONT, Server, session_processes, wait_for
@@ -157,12 +158,13 @@ def test_supervisor_never_imports_grpc_and_titles_name_roles(start_server):
 
 
 def test_orphans_of_plugins_are_reaped(start_server):
-    server = start_server("--workers", "1", "--max-requests", "1")
-    server.dispatch("Orphan")
-    wait_for(
-        lambda: not any(p.name() == "sleep" for p in session_processes(server.proc.pid)),
-        what="orphan killed",
-    )
+    server = start_server("--workers", "1", "--max-requests", "2")
+    orphan = int(server.dispatch("Orphan").request.set_headers["X-Orphan-Pid"])
+    # Precondition: the plugin's child exists while its worker lives (2 calls to go).
+    assert orphan in {p.pid for p in session_processes(server.proc.pid)}
+    assert psutil.Process(orphan).name() == "sleep"
+    server.dispatch("Echo")  # the worker's last call: it exits, leaving the child behind
+    wait_for(lambda: not psutil.pid_exists(orphan), what="orphan killed and reaped")
 
 
 def test_status_command_lists_workers(start_server):

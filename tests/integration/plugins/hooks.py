@@ -52,7 +52,8 @@ def Leak(request, session, spec):
 
 @Hook  # noqa: F405
 def Orphan(request, session, spec):
-    subprocess.Popen(["sleep", "30"])
+    child = subprocess.Popen(["sleep", "30"])  # never waited for: orphaned when we exit
+    request.add_header("X-Orphan-Pid", str(child.pid))
     return request, session
 
 
