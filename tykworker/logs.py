@@ -1,4 +1,4 @@
-"""Logging set-up: one handler on stderr, text or JSON lines, configured once in cli.py.
+"""Logging set-up: one handler on stderr, text or JSON lines, configured once in cli/commands.py.
 
 Every process (supervisor, front, workers) inherits the configuration through ``fork``.
 Call-path lines carry ``call_id``, ``hook``, ``api_id``, ``worker_pid`` and ``generation``;

@@ -329,7 +329,7 @@ class Front:
     async def _start_public(self) -> list[_Server]:
         """The gRPC server (native or grpcio) and the optional raw socket."""
         servers: list[_Server] = []
-        if self.settings.front == "native":  # h2server.py: built-in HTTP/2 for unary calls
+        if self.settings.front == "native":  # native.py: built-in HTTP/2 for unary calls
             native = await start_native(self.submit, self.settings, self.health)
             self.unix_paths.extend(native.unix_paths)
             servers.append(native)

@@ -31,7 +31,7 @@ class Call:
     """One Dispatch/DispatchEvent in flight. ``payload`` is never parsed here."""
 
     call_id: int
-    kind: int  # protocol.FrameKind.DISPATCH or EVENT
+    kind: int  # wire.frames.FrameKind.DISPATCH or EVENT
     payload: bytes
     hook_type: int = 0
     hook_name: str = ""

@@ -56,7 +56,9 @@ log = logging.getLogger("tykworker.worker")
 
 
 class _Signals:
-    """Signal handlers only record; the loop acts (STYLE.md §4)."""
+    """Signal handlers record, and the loop acts (STYLE.md §4), with one exception: a
+    fast stop (SIGQUIT/SIGINT) while a hook runs exits from the handler at once
+    (``os._exit``), since the loop regains control only when the hook returns."""
 
     def __init__(self) -> None:
         self.drain = False
