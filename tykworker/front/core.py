@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import msgpack
 
 from tykworker.config import HOOK_TYPES, Settings, apply_live_settings, live_settings
-from tykworker.errors import ConfigError, ProtocolError
+from tykworker.errors import ConfigError, ProtocolError, RemoteProtocolError
 from tykworker.front.health import Health, ServingStatus
 from tykworker.front.native import start_native
 from tykworker.front.raw import RawServer
@@ -247,7 +247,7 @@ class Front:
     def worker_joined(self, conn_id: int, frame: Frame, link: asyncio.Transport) -> None:
         """The first frame of a bridge connection: HELLO, the worker is ready."""
         if frame.kind != FrameKind.HELLO:
-            raise ProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
+            raise RemoteProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
         hello = msgpack.unpackb(frame.payload)
         worker = Lane(conn_id, int(hello["pid"]), int(hello["generation"]), int(hello["index"]))
         self.links[conn_id] = link
@@ -272,7 +272,7 @@ class Front:
         elif frame.kind == FrameKind.CONTROL:
             self._on_worker_control(conn_id, frame)
         else:
-            raise ProtocolError(f"unexpected {frame.kind.name} frame from a worker")
+            raise RemoteProtocolError(f"unexpected {frame.kind.name} frame from a worker")
 
     def _on_worker_control(self, conn_id: int, frame: Frame) -> None:
         """``{"op": "failed", "reason": code}``: the plugin failed the call ``frame.call_id``

@@ -49,7 +49,7 @@ from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker._proto import coprocess_session_state_pb2 as session_pb2
-from tykworker.errors import HookError, PluginLoadError, TykWorkerError
+from tykworker.errors import HookError, HookNotFound, PluginLoadError
 from tykworker.logs import active_call
 from tykworker.wire import answers
 from tykworker.wire.reasons import Reason
@@ -60,10 +60,6 @@ from tykworker.worker.tyk.gateway import CallContext, call_context, current, sec
 from tykworker.worker.tyk.request import TykCoProcessRequest
 
 calls_log = logging.getLogger("tykworker.calls")
-
-
-class HookNotFound(TykWorkerError):
-    """No handler answers to the Object's hook name (in its bundle or registry)."""
 
 
 #: A handler and the scope its code must run in (``None``: no import isolation needed).
