@@ -19,11 +19,27 @@ class ConfigError(TykWorkerError):
 
 
 class ProtocolError(TykWorkerError):
-    """A frame violates the bridge/raw framing. The decoder that raised stays broken."""
+    """Bytes and a protocol disagree (bridge/raw framing, control messages, HTTP/2). Catch
+    this to handle both sides; raise one of the two subclasses."""
 
 
-class ChannelClosed(TykWorkerError):
-    """The peer of a bridge/control channel went away (EOF or OSError)."""
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol cannot express (e.g. a frame length or
+    call id out of range): a bug on our side, nothing the peer did."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that violate the protocol; the channel is unusable (a decoder
+    that raised it stays broken and raises again)."""
+
+
+class H2ConnectionError(RemoteProtocolError):
+    """An HTTP/2 connection error: the connection ends with GOAWAY carrying ``code`` (an
+    RFC 9113 error code, ``front.h2.frames.ErrorCode``)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PluginLoadError(TykWorkerError):
@@ -32,6 +48,10 @@ class PluginLoadError(TykWorkerError):
 
 class HookError(TykWorkerError):
     """A hook raised or returned something unusable."""
+
+
+class HookNotFound(TykWorkerError):
+    """No handler answers to the Object's hook name (in its bundle or registry)."""
 
 
 class ExitCode(enum.IntEnum):

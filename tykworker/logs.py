@@ -1,4 +1,4 @@
-"""Logging set-up: one handler on stderr, text or JSON lines, configured once in cli.py.
+"""Logging set-up: one handler on stderr, text or JSON lines, configured once in cli/commands.py.
 
 Every process (supervisor, front, workers) inherits the configuration through ``fork``.
 Call-path lines carry ``call_id``, ``hook``, ``api_id``, ``worker_pid`` and ``generation``;
@@ -55,7 +55,7 @@ class ActiveCall:
     hook: str = ""
     api_id: str = ""
     started: float = 0.0  # time.monotonic()
-    failure: str = ""  # answers.Reason.code when tykworker answered for the hook
+    failure: str = ""  # reasons.Reason.code when tykworker answered for the hook
 
 
 active_call: Final = ActiveCall()

@@ -231,6 +231,26 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture
+def gate(workdir: Path) -> Path:
+    """A gate for the ``Gate`` hook (plugins/hooks.py): calls with ``headers={"Gate":
+    str(gate)}`` hold their workers until the test creates the file (``gate.touch()``).
+    Replaces sleeping hooks as race windows: the test decides when the call ends."""
+    return workdir / "gate"
+
+
+def busy_with(server: Server, hook: str) -> set[int]:
+    """Pids of the workers whose process title says they are running ``hook``."""
+    busy = set()
+    for pid in server.worker_pids():
+        try:
+            if f"running {hook}" in Path(f"/proc/{pid}/cmdline").read_text():
+                busy.add(pid)
+        except OSError:
+            continue
+    return busy
+
+
+@pytest.fixture
 def start_server(workdir: Path) -> Iterator[Callable[..., Server]]:
     """Factory: ``start_server(*args, plugins=dir, ready=True)`` -> running Server."""
     servers: list[Server] = []

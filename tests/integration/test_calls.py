@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -12,7 +11,7 @@ import pytest
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 
-from .conftest import make_object, wait_for
+from .conftest import busy_with, make_object, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +30,20 @@ def test_dispatch_runs_the_hook_and_echoes_the_object(start_server):
     assert reply.spec == sent.spec
 
 
-def test_calls_spread_over_workers_concurrently(start_server):
-    """N blocking calls at once are served by N different workers (no shared lock)."""
+def test_calls_spread_over_workers_concurrently(start_server, gate):
+    """N blocking calls at once are served by N different workers (no shared lock): all
+    three are held inside their hooks at the same time, then released."""
     server = start_server("--workers", "3")
-    barrier = threading.Barrier(3)
 
     def call(_: int) -> int:
-        barrier.wait()
-        reply = server.dispatch("Sleep", headers={"Sleep": "0.5"})
+        reply = server.dispatch("Gate", headers={"Gate": str(gate)})
         return int(reply.request.set_headers["X-Worker-Pid"])
 
     with ThreadPoolExecutor(3) as pool:
-        pids = set(pool.map(call, range(3)))
+        replies = pool.map(call, range(3))
+        wait_for(lambda: busy_with(server, "Gate") == server.worker_pids(), what="all held")
+        gate.touch()
+        pids = set(replies)
     assert len(pids) == 3
     assert pids == server.worker_pids()
 

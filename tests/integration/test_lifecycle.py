@@ -11,9 +11,10 @@ import threading
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
-from .conftest import FRONT, Server, session_processes, wait_for
+from .conftest import FRONT, Server, busy_with, session_processes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,16 +89,19 @@ def test_reload_with_broken_plugin_keeps_old_generation(start_server, workdir):
     assert server.worker_pids() == old
 
 
-def test_sigterm_drains_in_flight_calls_and_removes_socket(start_server):
+def test_sigterm_drains_in_flight_calls_and_removes_socket(start_server, gate):
     server = start_server("--workers", "1")
     result = {}
     thread = threading.Thread(
-        target=lambda: result.setdefault("r", server.dispatch("Sleep", headers={"Sleep": "1"}))
+        target=lambda: result.setdefault("r", server.dispatch("Gate", headers={"Gate": str(gate)}))
     )
     thread.start()
     (pid,) = server.worker_pids()
-    wait_for(lambda: "running Sleep" in Path(f"/proc/{pid}/cmdline").read_text(), what="busy")
+    wait_for(lambda: busy_with(server, "Gate") == {pid}, what="busy")
     server.signal(signal.SIGTERM)
+    wait_for(lambda: "draining" in server.log(), what="front draining")
+    assert server.proc.poll() is None and "r" not in result  # the call holds the stop
+    gate.touch()
     assert server.proc.wait(30) == 0
     thread.join(10)
     assert result["r"].request.set_headers["X-Worker-Pid"] == str(pid)
@@ -157,12 +161,13 @@ def test_supervisor_never_imports_grpc_and_titles_name_roles(start_server):
 
 
 def test_orphans_of_plugins_are_reaped(start_server):
-    server = start_server("--workers", "1", "--max-requests", "1")
-    server.dispatch("Orphan")
-    wait_for(
-        lambda: not any(p.name() == "sleep" for p in session_processes(server.proc.pid)),
-        what="orphan killed",
-    )
+    server = start_server("--workers", "1", "--max-requests", "2")
+    orphan = int(server.dispatch("Orphan").request.set_headers["X-Orphan-Pid"])
+    # Precondition: the plugin's child exists while its worker lives (2 calls to go).
+    assert orphan in {p.pid for p in session_processes(server.proc.pid)}
+    assert psutil.Process(orphan).name() == "sleep"
+    server.dispatch("Echo")  # the worker's last call: it exits, leaving the child behind
+    wait_for(lambda: not psutil.pid_exists(orphan), what="orphan killed and reaped")
 
 
 def test_status_command_lists_workers(start_server):

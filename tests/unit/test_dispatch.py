@@ -25,6 +25,7 @@ from tykworker.cli.objects import (
 )
 from tykworker.config import Settings
 from tykworker.wire import answers
+from tykworker.wire.reasons import Reason
 from tykworker.worker.plugins import Runtime, load_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "plugins"
@@ -53,9 +54,7 @@ def module_global(runtime: Runtime, hook: str, name: str) -> Any:
     return handler.f.__globals__[name]
 
 
-def assert_error_answer(
-    reply: object_pb2.Object, sent: object_pb2.Object, reason: answers.Reason
-) -> None:
+def assert_error_answer(reply: object_pb2.Object, sent: object_pb2.Object, reason: Reason) -> None:
     """The original Object echoed, plus the reason's override (request hooks)."""
     expected = object_pb2.Object()
     expected.CopyFrom(sent)
@@ -171,7 +170,7 @@ def test_empty_auth_hook_name_uses_the_only_custom_key_check(runtime: Runtime) -
 
 def test_empty_hook_name_for_non_auth_hook_is_not_found(runtime: Runtime) -> None:
     sent = gateway_object(PRE, "")
-    assert_error_answer(call(runtime, sent), sent, answers.Reason.NO_HOOK)
+    assert_error_answer(call(runtime, sent), sent, Reason.NO_HOOK)
 
 
 # --- error answers -----------------------------------------------------------------
@@ -188,27 +187,27 @@ def test_failing_hooks_answer_plugin_error_with_original_echoed(
     reply = call(runtime, sent)
     # Half-done mutations (X-Half-Done) never reach the gateway.
     assert "X-Half-Done" not in reply.request.set_headers
-    assert_error_answer(reply, sent, answers.Reason.HOOK_ERROR)
+    assert_error_answer(reply, sent, Reason.HOOK_ERROR)
 
 
 def test_key_error_inside_hook_is_a_plugin_error_not_a_missing_hook(runtime: Runtime) -> None:
     sent = gateway_object(PRE, "RaisesKeyError")
-    assert_error_answer(call(runtime, sent), sent, answers.Reason.HOOK_ERROR)
+    assert_error_answer(call(runtime, sent), sent, Reason.HOOK_ERROR)
 
 
 def test_system_exit_in_hook_does_not_escape(runtime: Runtime) -> None:
     sent = gateway_object(PRE, "Exits")
-    assert_error_answer(call(runtime, sent), sent, answers.Reason.HOOK_ERROR)
+    assert_error_answer(call(runtime, sent), sent, Reason.HOOK_ERROR)
 
 
 @pytest.mark.parametrize("hook_type", [PRE, POST, POST_KEY_AUTH, AUTH])
 def test_unknown_hook_answers_not_found(runtime: Runtime, hook_type: int) -> None:
     sent = gateway_object(hook_type, "DoesNotExist")
-    assert_error_answer(call(runtime, sent), sent, answers.Reason.NO_HOOK)
+    assert_error_answer(call(runtime, sent), sent, Reason.NO_HOOK)
 
 
 def test_response_hook_errors_replace_the_response(runtime: Runtime) -> None:
-    for name, reason in [("Raises", answers.Reason.HOOK_ERROR), ("Nope", answers.Reason.NO_HOOK)]:
+    for name, reason in [("Raises", Reason.HOOK_ERROR), ("Nope", Reason.NO_HOOK)]:
         reply = call(runtime, gateway_object(RESPONSE, name))
         assert reply.response.status_code == reason.status
         assert json.loads(reply.response.raw_body) == {"error": reason.message}
@@ -218,7 +217,7 @@ def test_response_hook_errors_replace_the_response(runtime: Runtime) -> None:
 
 def test_undecodable_payload_answers_bad_request(runtime: Runtime) -> None:
     reply = parse(runtime.dispatch(b"\xff\xff\xff not protobuf"))
-    assert reply.request.return_overrides.response_code == answers.Reason.BAD_REQUEST.status
+    assert reply.request.return_overrides.response_code == Reason.BAD_REQUEST.status
 
 
 def test_runtime_keeps_serving_after_errors(runtime: Runtime) -> None:

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_protocol import _top_level_wire_types
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.errors import ProtocolError
 from tykworker.wire.frames import (
@@ -149,7 +150,7 @@ def test_ten_thousand_frames_in_one_read():
 @settings(max_examples=300)
 @given(
     name=st.text(max_size=30),
-    hook_type=st.integers(0, 2**31 - 1),
+    hook_type=st.integers(-(2**31), 2**31 - 1),
     cut=st.integers(0, 200),
     flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4),
 )
@@ -168,4 +169,6 @@ def test_peek_on_damaged_objects_never_raises_and_agrees_with_protobuf(
         parsed = object_pb2.Object.FromString(bytes(data))
     except Exception:  # protobuf refuses it: peek just must not raise
         return
-    assert peeked in ((parsed.hook_type, parsed.hook_name), (0, ""))
+    if any(wire in (3, 4) for wire in _top_level_wire_types(bytes(data))):
+        return  # groups: legal protobuf, never sent by the gateway, peek gives up on them
+    assert peeked == (parsed.hook_type, parsed.hook_name)

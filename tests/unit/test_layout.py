@@ -9,6 +9,7 @@ function (a lazy import still runs in that process), except under ``if TYPE_CHEC
   invariant 1);
 * ``front/`` never imports ``worker/`` (the front never runs plugin code: invariant 2);
 * ``front/h2/`` never imports asyncio or socket (sans-IO);
+* ``front/router.py`` imports no generated protobuf module and does no I/O;
 * ``wire/`` and ``system/`` import no role package; ``wire/`` no asyncio or socket;
 * shared modules (``config``, ``errors``, ``logs``, ``store``) import no role package;
 * ``worker/`` never imports ``front/``, ``supervisor/`` or ``cli/``.
@@ -122,6 +123,15 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
     "system imports no role package": {"tykworker.system": (*ROLE_PACKAGES, "tykworker.wire")},
     "worker never imports front, supervisor or cli": {
         "tykworker.worker": ("tykworker.front", "tykworker.supervisor", "tykworker.cli"),
+    },
+    "the router is pure: no protobuf, no I/O": {
+        "tykworker.front.router": (
+            "tykworker._proto",
+            "tykworker.wire.answers",
+            "google.protobuf",
+            "asyncio",
+            "socket",
+        ),
     },
     "shared modules import no role package": {
         "tykworker.config": ROLE_PACKAGES,

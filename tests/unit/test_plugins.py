@@ -14,7 +14,7 @@ from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.cli.objects import AUTH, POST, PRE, RESPONSE, bundle_hash, gateway_object, parse
 from tykworker.config import Settings
 from tykworker.errors import PluginLoadError
-from tykworker.wire import answers
+from tykworker.wire.reasons import Reason
 from tykworker.worker.plugins import Runtime, bundle_entry, load_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -92,7 +92,7 @@ def test_objects_without_bundle_use_the_middleware_registry(runtime: Runtime) ->
 def test_bundle_hooks_are_strict_inside_their_bundle(runtime: Runtime) -> None:
     sent = gateway_object(PRE, "TypedPre", bundle=bundle_hash("alpha.zip"))
     reply = call(runtime, sent)
-    assert reply.request.return_overrides.response_code == answers.Reason.NO_HOOK.status
+    assert reply.request.return_overrides.response_code == Reason.NO_HOOK.status
 
 
 def test_code_less_grpc_bundle_and_unknown_bundle_fall_back_to_middleware(
@@ -259,7 +259,7 @@ def test_broken_bundle_fails_at_start_and_when_loaded_lazily(tmp_path: Path) -> 
         reply = call(rt, sent)
     finally:
         rt.close()
-    assert reply.request.return_overrides.response_code == answers.Reason.HOOK_ERROR.status
+    assert reply.request.return_overrides.response_code == Reason.HOOK_ERROR.status
 
 
 # --- scopes --------------------------------------------------------------------------

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 
 from tykworker.supervisor.pool import (
     BACKOFF_MAX,
+    BACKOFF_START,
     Exit,
+    Log,
     Phase,
     Pool,
-    Signal,
+    PoolAction,
+    ReloadOutcome,
+    SendSignal,
     SpawnFront,
     SpawnWorker,
 )
+
+
+def outcomes(actions: list[PoolAction]) -> list[ReloadOutcome]:
+    return [a for a in actions if isinstance(a, ReloadOutcome)]
+
+
+def signals(actions: list[PoolAction]) -> list[SendSignal]:
+    return [a for a in actions if isinstance(a, SendSignal)]
 
 
 def boot(target: int = 2) -> tuple[Pool, list[int]]:
@@ -25,9 +38,9 @@ def boot(target: int = 2) -> tuple[Pool, list[int]]:
     pool.spawned(100, 0, 0, 0)
     pool.ready(100)
     pids = []
-    for slot in range(target):
-        pid = 200 + slot
-        pool.spawned(pid, 1, slot, 0)
+    for seat in range(target):
+        pid = 200 + seat
+        pool.spawned(pid, 1, seat, 0)
         pool.ready(pid)
         pids.append(pid)
     assert pool.plan(0) == []
@@ -66,12 +79,20 @@ def test_clean_exit_refills_at_once_and_stable_worker_resets_backoff():
 
 def test_stuck_worker_gets_sigabrt_then_sigkill_then_refill():
     pool, pids = boot(1)
-    assert pool.stuck(pids[0], 10) == [Signal(pids[0], signal.SIGABRT, "call past its deadline")]
-    assert pool.stuck(pids[0], 10) == []
+    pool.stuck(pids[0], 10)
+    pool.stuck(pids[0], 10)  # reported twice: signalled once
+    assert pool.plan(10) == [SendSignal(pids[0], signal.SIGABRT, "call past its deadline")]
     assert pool.plan(11) == []
-    assert pool.plan(12) == [Signal(pids[0], signal.SIGKILL, "did not exit in time")]
-    pool.exited(pids[0], -9, 12.1)
+    assert pool.plan(12) == [SendSignal(pids[0], signal.SIGKILL, "did not exit in time")]
+    pool.exited(pids[0], None, 12.1)  # killed by a signal: the supervisor passes None
     assert pool.plan(12.1) == [SpawnWorker(0, 1)]
+
+
+def test_worker_killed_by_a_signal_it_was_not_sent_is_a_crash():
+    pool, pids = boot(1)
+    pool.exited(pids[0], None, 5)  # e.g. the OOM killer
+    assert pool.plan(5) == [] and pool.degraded and pool.restarts == 1
+    assert round(pool.next_wakeup(5) or 0, 6) == BACKOFF_START
 
 
 def test_reload_switches_only_when_new_generation_ready():
@@ -85,9 +106,10 @@ def test_reload_switches_only_when_new_generation_ready():
     assert pool.plan(1) == []  # one of two ready: old generation still serves
     pool.ready(401)
     actions = pool.plan(2)
-    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == pids
-    assert all(a.signum == signal.SIGTERM for a in actions if isinstance(a, Signal))
-    assert pool.generation == 2 and pool.reload_outcome == "ready"
+    assert sorted(a.pid for a in signals(actions)) == pids
+    assert all(a.signum == signal.SIGTERM for a in signals(actions))
+    assert pool.generation == 2 and outcomes(actions) == [ReloadOutcome(True, 2)]
+    assert Log("generation 2 ready, retiring generation 1") in actions
     for pid in pids:
         pool.exited(pid, 0, 3)
     assert pool.plan(3) == [] and pool.restarts == 0
@@ -100,9 +122,9 @@ def test_reload_import_failure_keeps_old_generation():
     pool.spawned(400, 2, 0, 1)
     pool.spawned(401, 2, 1, 1)
     pool.exited(400, 3, 1.5)
-    assert pool.reload_outcome == "failed" and pool.generation == 1
     actions = pool.plan(1.5)
-    assert actions == [Signal(401, signal.SIGTERM, "reload failed")]
+    assert outcomes(actions) == [ReloadOutcome(False, 1)] and pool.generation == 1
+    assert signals(actions) == [SendSignal(401, signal.SIGTERM, "reload failed")]
     assert pool.plan(2) == []
 
 
@@ -114,7 +136,8 @@ def test_import_failure_at_boot_exits_3():
     pool.spawned(201, 1, 1, 0)
     pool.exited(200, 3, 0.5)
     actions = pool.plan(0.5)
-    assert {a.pid for a in actions if isinstance(a, Signal)} == {100, 201}
+    assert {a.pid for a in signals(actions)} == {100, 201}
+    assert Log("plugins failed to import at start; stopping", logging.ERROR) in actions
     for pid in (100, 201):
         pool.exited(pid, 0, 0.6)
     assert pool.plan(0.6) == [Exit(3)]
@@ -123,14 +146,14 @@ def test_import_failure_at_boot_exits_3():
 def test_graceful_stop_drains_front_first_then_workers_then_kills():
     pool, pids = boot(2)
     pool.stop(graceful=True)
-    assert pool.plan(10) == [Signal(100, signal.SIGTERM, "stopping")]
+    assert pool.plan(10) == [SendSignal(100, signal.SIGTERM, "stopping")]
     assert pool.plan(11) == []
     pool.exited(100, 0, 12)
     actions = pool.plan(12)
     assert sorted(a.pid for a in actions) == pids
     pool.exited(pids[0], 0, 13)
-    assert pool.plan(17) == [Signal(pids[1], signal.SIGKILL, "did not exit in time")]
-    pool.exited(pids[1], -9, 17)
+    assert pool.plan(17) == [SendSignal(pids[1], signal.SIGKILL, "did not exit in time")]
+    pool.exited(pids[1], None, 17)
     assert pool.plan(17) == [Exit(0)]
 
 
@@ -140,18 +163,18 @@ def test_resize():
     assert pool.plan(1) == [SpawnWorker(2, 1)]
     pool.spawned(500, 1, 2, 1)
     pool.resize(-1)
-    assert pool.plan(2) == [Signal(500, signal.SIGTERM, "pool shrunk")]
+    assert pool.plan(2) == [SendSignal(500, signal.SIGTERM, "pool shrunk")]
     pool.resize(-5)
     assert pool.target == 1
 
 
 def _start_generation(pool: Pool, generation: int, now: float, first_pid: int) -> list[int]:
-    """Plan, spawn and ready every slot of ``generation``; return the new pids."""
+    """Plan and spawn every seat of ``generation``; return the new pids."""
     spawns = [a for a in pool.plan(now) if isinstance(a, SpawnWorker)]
     assert spawns == [SpawnWorker(s, generation) for s in range(pool.target)]
     pids = [first_pid + s for s in range(pool.target)]
-    for slot, pid in enumerate(pids):
-        pool.spawned(pid, generation, slot, now)
+    for seat, pid in enumerate(pids):
+        pool.spawned(pid, generation, seat, now)
     return pids
 
 
@@ -165,20 +188,20 @@ def test_sighup_during_a_reload_is_coalesced_not_dropped():
         pool.ready(pid)
     actions = pool.plan(2)
     # Generation 2 takes over (it is ready) and generation 3 starts at once.
-    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == old
+    assert sorted(a.pid for a in signals(actions)) == old
     assert [a for a in actions if isinstance(a, SpawnWorker)] == [
         SpawnWorker(0, 3),
         SpawnWorker(1, 3),
     ]
     assert pool.generation == 2 and pool.pending_generation == 3
-    assert pool.reload_outcome is None  # not finished: `tykworker reload` keeps waiting
-    for slot, pid in enumerate((500, 501)):
-        pool.spawned(pid, 3, slot, 2)
+    assert outcomes(actions) == []  # not finished: `tykworker reload` keeps waiting
+    for seat, pid in enumerate((500, 501)):
+        pool.spawned(pid, 3, seat, 2)
         pool.ready(pid)
     actions = pool.plan(3)
-    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == gen2
+    assert sorted(a.pid for a in signals(actions)) == gen2
     assert pool.generation == 3 and pool.pending_generation is None
-    assert pool.reload_outcome == "ready" and not pool.reload_queued
+    assert outcomes(actions) == [ReloadOutcome(True, 3)] and not pool.reload_queued
 
 
 def test_failed_reload_then_a_good_one_uses_a_new_generation_number():
@@ -186,17 +209,17 @@ def test_failed_reload_then_a_good_one_uses_a_new_generation_number():
     pool.reload()
     failed = _start_generation(pool, 2, 1, 400)
     pool.exited(failed[0], 3, 1.5)
-    assert pool.reload_outcome == "failed"
-    pool.reload_outcome = None
-    assert pool.plan(1.5) == [Signal(failed[1], signal.SIGTERM, "reload failed")]
+    actions = pool.plan(1.5)
+    assert outcomes(actions) == [ReloadOutcome(False, 1)]
+    assert signals(actions) == [SendSignal(failed[1], signal.SIGTERM, "reload failed")]
     pool.reload()  # the plugin was fixed
     fixed = _start_generation(pool, 3, 2, 500)
     for pid in fixed:
         pool.ready(pid)
     actions = pool.plan(3)
     # The new generation is not mistaken for the abandoned one: nothing of it retires.
-    assert sorted(a.pid for a in actions if isinstance(a, Signal)) == old
-    assert pool.generation == 3 and pool.reload_outcome == "ready"
+    assert sorted(a.pid for a in signals(actions)) == old
+    assert pool.generation == 3 and outcomes(actions) == [ReloadOutcome(True, 3)]
 
 
 def test_reload_queued_behind_a_failing_one_still_runs():
@@ -205,15 +228,24 @@ def test_reload_queued_behind_a_failing_one_still_runs():
     (bad,) = _start_generation(pool, 2, 1, 400)
     pool.reload()
     pool.exited(bad, 3, 1.5)
-    assert pool.reload_outcome is None and pool.pending_generation == 3
+    assert pool.pending_generation == 3
+    actions = pool.plan(1.5)
+    assert outcomes(actions) == [] and any(isinstance(a, Log) for a in actions)
     (good,) = _start_generation(pool, 3, 1.5, 500)
     pool.ready(good)
-    pool.plan(2)
-    assert pool.generation == 3 and pool.reload_outcome == "ready"
+    assert outcomes(pool.plan(2)) == [ReloadOutcome(True, 3)]
+    assert pool.generation == 3
 
 
 def test_reload_is_ignored_once_stopping():
     pool, _ = boot(1)
     pool.stop(graceful=True)
-    pool.reload()
-    assert pool.pending_generation is None and not pool.reload_queued
+    pool.reload(target=4)
+    assert pool.pending_generation is None and not pool.reload_queued and pool.target == 1
+
+
+def test_reload_resizes_the_new_generation():
+    pool, _ = boot(1)
+    pool.reload(target=2)
+    spawns = [a for a in pool.plan(1) if isinstance(a, SpawnWorker)]
+    assert spawns == [SpawnWorker(1, 1), SpawnWorker(0, 2), SpawnWorker(1, 2)]

@@ -1,11 +1,13 @@
 """The front: terminates gRPC (and the raw socket) and routes each call to a worker.
 
-Runs in its own process, forked by the supervisor; the only process that imports grpc.
+Runs in its own process, forked by the supervisor; of the server's processes the only one
+that may import grpc, and only with ``front = "grpcio"`` (the native front never does).
 It never runs plugin code and never parses an Object (``peek_object_header`` only reads
 the top-level hook type and name, for deadlines and logs).
 
 Per call: ``router.submit`` -> frame to a worker over its bridge connection -> the
-worker's REPLY is the gateway's answer. A timer per call enforces the deadline: on expiry
+worker's REPLY is the gateway's answer. A timer per call enforces the deadline the router
+sets (router.py: the shorter of the hook type's and the client's): on expiry
 the gateway gets the timeout answer at once and the supervisor is told which worker is
 stuck (it dumps the stacks and kills it). A bridge connection that drops answers its
 call with the crash answer. See router.py for the exactly-once invariants.
@@ -35,16 +37,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
 from tykworker.config import HOOK_TYPES, Settings, apply_live_settings, live_settings
-from tykworker.errors import ConfigError, ProtocolError
+from tykworker.errors import ConfigError, ProtocolError, RemoteProtocolError
 from tykworker.front.health import Health, ServingStatus
 from tykworker.front.native import start_native
 from tykworker.front.raw import RawServer
-from tykworker.front.router import Action, Answer, Assign, Call, Close, Completed, Router, Worker
+from tykworker.front.router import (
+    Action,
+    Answer,
+    Arm,
+    Assign,
+    Call,
+    Close,
+    Completed,
+    Lane,
+    Router,
+)
 from tykworker.system import proctitle
 from tykworker.wire import answers, control
-from tykworker.wire.answers import Reason
 from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
 from tykworker.wire.handoff import FrontSpec
+from tykworker.wire.reasons import Reason
 from tykworker.wire.scoreboard import Scoreboard
 
 if TYPE_CHECKING:
@@ -87,7 +99,7 @@ class Front:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, _Pending] = {}
         self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
-        self.members: dict[int, Worker] = {}  # bridge connection -> worker (for logs)
+        self.members: dict[int, Lane] = {}  # bridge connection -> worker (for logs)
         self.ids = itertools.count(1)
         self.conn_ids = itertools.count(1)
         self.counters = Counters()
@@ -117,13 +129,8 @@ class Front:
         pending = _Pending(respond)
         self.pending[call.call_id] = pending
         self.counters.calls += 1
-        self._apply(self.router.submit(call))
-        if call.call_id in self.pending:  # not answered at once
-            limit = self.settings.timeout_for(_type_name(call))
-            if deadline is not None:
-                limit = min(limit, deadline)
-            loop = self._loop or self._bind_loop()
-            pending.timer = loop.call_at(loop.time() + limit, self._expire, call.call_id)
+        hook_timeout = self.settings.timeout_for(_type_name(call))
+        self._apply(self.router.submit(call, hook_timeout, deadline))
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, looked up once (``asyncio.get_running_loop()`` costs a
@@ -146,12 +153,21 @@ class Front:
     def _expire(self, call_id: int) -> None:
         self._apply(self.router.expire(call_id))
 
-    def _apply(self, actions: list[Action], reply: bytes = b"") -> None:
+    def _arm(self, action: Arm) -> None:
+        pending = self.pending.get(action.call.call_id)
+        if pending is not None:
+            loop = self._loop or self._bind_loop()
+            delay = action.deadline - time.monotonic()  # the loop's clock has its own origin
+            pending.timer = loop.call_later(delay, self._expire, action.call.call_id)
+
+    def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Assign):
                 self._send(action.conn_id, action.call)
+            elif isinstance(action, Arm):
+                self._arm(action)
             elif isinstance(action, Completed):
-                self._resolve(action.call, reply)
+                self._resolve(action.call, action.reply)
             elif isinstance(action, Answer):
                 self._answer(action)
             elif isinstance(action, Close):
@@ -236,14 +252,14 @@ class Front:
     def worker_joined(self, conn_id: int, frame: Frame, link: asyncio.Transport) -> None:
         """The first frame of a bridge connection: HELLO, the worker is ready."""
         if frame.kind != FrameKind.HELLO:
-            raise ProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
+            raise RemoteProtocolError(f"expected HELLO from a worker, got {frame.kind.name}")
         hello = control.decode(frame.payload)
         if not isinstance(hello, control.Hello):
-            raise ProtocolError(f"expected a hello from a worker, got {hello.op!r}")
+            raise RemoteProtocolError(f"expected a hello from a worker, got {hello.op!r}")
         peer = _peer_pid(link)
         if peer is not None and peer != hello.pid:
-            raise ProtocolError(f"worker pid {peer} claims to be pid {hello.pid}")
-        worker = Worker(conn_id, hello.pid, hello.generation, hello.index)
+            raise RemoteProtocolError(f"worker pid {peer} claims to be pid {hello.pid}")
+        worker = Lane(conn_id, hello.pid, hello.generation, hello.index)
         self.links[conn_id] = link
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
@@ -259,14 +275,14 @@ class Front:
 
     def on_worker_frame(self, conn_id: int, frame: Frame) -> None:
         if frame.kind == FrameKind.REPLY:
-            self._apply(self.router.reply(conn_id, frame.call_id), frame.payload)
+            self._apply(self.router.reply(conn_id, frame.call_id, frame.payload))
         elif frame.kind == FrameKind.DRAIN:
             self._apply(self.router.drain(conn_id))
             self.health.notify()
         elif frame.kind == FrameKind.CONTROL:
             self._on_worker_control(conn_id, frame)
         else:
-            raise ProtocolError(f"unexpected {frame.kind.name} frame from a worker")
+            raise RemoteProtocolError(f"unexpected {frame.kind.name} frame from a worker")
 
     def _on_worker_control(self, conn_id: int, frame: Frame) -> None:
         """``Failed``: the plugin failed the call ``frame.call_id`` (its REPLY follows).
@@ -325,7 +341,7 @@ class Front:
     async def _start_public(self) -> list[_Server]:
         """The gRPC server (native or grpcio) and the optional raw socket."""
         servers: list[_Server] = []
-        if self.settings.front == "native":  # h2server.py: built-in HTTP/2 for unary calls
+        if self.settings.front == "native":  # native.py: built-in HTTP/2 for unary calls
             native = await start_native(self.submit, self.settings, self.health)
             self.unix_paths.extend(native.unix_paths)
             servers.append(native)

@@ -2,7 +2,7 @@
 
 The front sees every call, so it is the one registry: no multiprocess mode, no files, and
 worker churn cannot lose or rewind a counter (workers keep none; a worker reports a plugin
-error to the front with a CONTROL frame before its reply, see worker.py). Server-wide
+error to the front with a CONTROL frame before its reply, see worker/loop.py). Server-wide
 numbers the supervisor owns (restarts, reloads, generation, degraded) are read from the
 scoreboard header at scrape time.
 

@@ -1,4 +1,4 @@
-"""The public raw socket: the bridge framing (protocol.py) for clients without gRPC.
+"""The public raw socket: the bridge framing (wire/frames.py) for clients without gRPC.
 
 One ``RawProtocol`` per client connection. Each DISPATCH/EVENT frame is one call routed by
 the front exactly like a gRPC call (same queue, deadlines and answers); its REPLY carries

@@ -1,10 +1,14 @@
 """Pure call routing: which worker takes which call, the bounded queue, and answers owed.
 
-No I/O and no clock: the front feeds events (a call arrived, a worker joined, replied,
-asked to drain, disappeared, a deadline fired) and executes the returned actions.
+No I/O and no clock of its own: the front feeds events (a call arrived, a worker joined,
+replied, asked to drain, disappeared, a deadline fired) and executes the returned actions.
+Each worker is seen through its ``Lane`` (one bridge connection).
 
 Invariants (each is tested in tests/unit/test_router.py):
-* A worker holds at most one call (``Worker.call``). Only workers that are connected, not
+* Deadline rule: a call's deadline is its arrival plus the shorter of its hook type's
+  timeout and the client's own (``grpc-timeout``); ``submit`` returns ``Arm`` with it
+  unless the call was answered at once.
+* A worker holds at most one call (``Lane.call``). Only workers that are connected, not
   draining and not lost are given calls.
 * Every submitted call leaves the router exactly once, through exactly one of:
   ``Assign`` then ``Completed`` (reply), or ``Answer`` (overload, timeout, crash,
@@ -15,10 +19,11 @@ Invariants (each is tested in tests/unit/test_router.py):
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from tykworker.wire.answers import Reason
+from tykworker.wire.reasons import Reason
 
 
 @dataclass(slots=True)
@@ -26,15 +31,25 @@ class Call:
     """One Dispatch/DispatchEvent in flight. ``payload`` is never parsed here."""
 
     call_id: int
-    kind: int  # protocol.FrameKind.DISPATCH or EVENT
+    kind: int  # wire.frames.FrameKind.DISPATCH or EVENT
     payload: bytes
     hook_type: int = 0
     hook_name: str = ""
-    arrived_at: float = 0.0
+    arrived_at: float = 0.0  # monotonic seconds
+    deadline: float = math.inf  # set by ``Router.submit``
+
+
+def deadline_of(arrived_at: float, hook_timeout: float, client_timeout: float | None) -> float:
+    """When a call that arrived at ``arrived_at`` must be answered: the shorter of its hook
+    type's timeout and the client's ``grpc-timeout`` (None: the client set none) wins."""
+    limit = hook_timeout if client_timeout is None else min(hook_timeout, client_timeout)
+    return arrived_at + limit
 
 
 @dataclass(slots=True)
-class Worker:
+class Lane:
+    """The router's view of one worker, through its bridge connection ``conn_id``."""
+
     conn_id: int
     pid: int
     generation: int
@@ -69,10 +84,19 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """The worker replied to ``call``; forward the reply."""
+    """The worker on ``conn_id`` replied ``reply`` to ``call``; forward it."""
 
     call: Call
     conn_id: int
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """Start ``call``'s deadline timer: call ``Router.expire`` at ``deadline`` (monotonic)."""
+
+    call: Call
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,38 +106,44 @@ class Close:
     conn_id: int
 
 
-Action = Assign | Answer | Completed | Close
+Action = Assign | Answer | Completed | Close | Arm
 
 
 @dataclass(slots=True)
 class Router:
     queue_limit: int
-    workers: dict[int, Worker] = field(default_factory=dict)
+    workers: dict[int, Lane] = field(default_factory=dict)
     queue: deque[Call] = field(default_factory=deque)
     # call_id -> conn_id for assigned calls; queued calls are found in ``queue``.
     assigned: dict[int, int] = field(default_factory=dict)
     accepting: bool = True
 
     # --- events ---------------------------------------------------------------------
-    def submit(self, call: Call) -> list[Action]:
-        """A new call arrived."""
+    def submit(
+        self, call: Call, hook_timeout: float = math.inf, client_timeout: float | None = None
+    ) -> list[Action]:
+        """A new call arrived at ``call.arrived_at``; ``hook_timeout`` is its hook type's
+        deadline, ``client_timeout`` the client's own (see ``deadline_of``)."""
         if not self.accepting:
             return [Answer(call, Reason.UNAVAILABLE)]
         worker = self._idle_worker()
-        if worker is not None:
-            return [self._assign(worker, call)]
-        if len(self.queue) >= self.queue_limit:
+        if worker is None and len(self.queue) >= self.queue_limit:
             return [Answer(call, Reason.OVERLOAD)]
-        self.queue.append(call)
-        return []
+        call.deadline = deadline_of(call.arrived_at, hook_timeout, client_timeout)
+        actions: list[Action] = [Arm(call, call.deadline)]
+        if worker is not None:
+            actions.append(self._assign(worker, call))
+        else:
+            self.queue.append(call)
+        return actions
 
-    def join(self, worker: Worker) -> list[Action]:
+    def join(self, worker: Lane) -> list[Action]:
         """A worker connected and is ready to take calls."""
         self.workers[worker.conn_id] = worker
         return self._feed(worker)
 
-    def reply(self, conn_id: int, call_id: int) -> list[Action]:
-        """The worker on ``conn_id`` answered ``call_id``."""
+    def reply(self, conn_id: int, call_id: int, reply: bytes = b"") -> list[Action]:
+        """The worker on ``conn_id`` answered ``call_id`` with ``reply``."""
         worker = self.workers.get(conn_id)
         if worker is None or worker.call is None or worker.call.call_id != call_id:
             return []  # late reply to a call already answered (timeout) or unknown
@@ -121,7 +151,7 @@ class Router:
         worker.call = None
         worker.served += 1
         del self.assigned[call_id]
-        actions: list[Action] = [Completed(call, conn_id)]
+        actions: list[Action] = [Completed(call, conn_id, reply)]
         if worker.draining:
             actions.append(Close(conn_id))
         elif not worker.lost:
@@ -172,20 +202,20 @@ class Router:
         return len(self.assigned) + len(self.queue)
 
     # --- internals ------------------------------------------------------------------
-    def _idle_worker(self) -> Worker | None:
+    def _idle_worker(self) -> Lane | None:
         # Newest generation first, so a reload shifts traffic as soon as new workers join.
-        best: Worker | None = None
+        best: Lane | None = None
         for worker in self.workers.values():
             if worker.is_available and (best is None or worker.generation > best.generation):
                 best = worker
         return best
 
-    def _assign(self, worker: Worker, call: Call) -> Assign:
+    def _assign(self, worker: Lane, call: Call) -> Assign:
         worker.call = call
         self.assigned[call.call_id] = worker.conn_id
         return Assign(worker.conn_id, call)
 
-    def _feed(self, worker: Worker) -> list[Action]:
+    def _feed(self, worker: Lane) -> list[Action]:
         if worker.is_available and self.queue:
             return [self._assign(worker, self.queue.popleft())]
         return []

@@ -1,26 +1,30 @@
 """Pure pool planning: given what happened, decide what the supervisor must do.
 
-No I/O, no clock of its own: every event carries ``now`` (monotonic seconds) and
-``plan(now)`` returns actions (spawn, signal, exit). ``next_wakeup`` tells the supervisor
-how long it may sleep. Tested on a fake clock in tests/unit/test_pool.py.
+No I/O, no clock of its own: every input carries ``now`` (monotonic seconds) when time
+matters, and returns nothing; ``plan(now)`` returns every action the supervisor must take
+(spawn, signal, log, report a reload outcome, exit), including those decided while an
+input was handled. ``next_wakeup`` tells the supervisor how long it may sleep. Nothing
+outside changes the pool's fields: it is driven only through its input methods. Tested on
+a fake clock in tests/unit/test_pool.py.
 
-Model: ``target`` logical slots (0..target-1) per generation. A process is STARTING until
-it reports READY, then READY; RETIRING once asked to stop (SIGTERM); STUCK once the front
+Model: ``target`` seats (0..target-1) per generation; a worker process fills one seat
+(its scoreboard slot is another number, chosen by the supervisor). A process is STARTING
+until it reports READY, then READY; RETIRING once asked to stop (SIGTERM); STUCK once the front
 reported it past its deadline (SIGABRT then SIGKILL).
 
 Invariants:
-* At most one live non-retiring process per (generation, slot).
-* A new generation replaces the old one only when all its slots are READY (so calls are
+* At most one live non-retiring process per (generation, seat).
+* A new generation replaces the old one only when all its seats are READY (so calls are
   never routed to code that has not imported); if one of its processes fails to import
   (exit code 3), the reload is abandoned and the old generation keeps serving.
 * Generation numbers are never reused (an abandoned generation's leftovers stay
   recognisable). A reload requested while one is in progress is never dropped: it is
   coalesced into one more reload that starts when the current one ends, so the code and
-  configuration of the *last* SIGHUP always end up serving; ``reload_outcome`` is set only
-  when no reload is left to do (a storm of N SIGHUPs reports once).
-* Abnormal exits of current-generation workers respawn with exponential backoff per slot
+  configuration of the *last* SIGHUP always end up serving; ``ReloadOutcome`` is planned
+  only when no reload is left to do (a storm of N SIGHUPs reports once).
+* Abnormal exits of current-generation workers respawn with exponential backoff per seat
   (0.1 s doubling to 30 s); a process alive for more than ``STABLE_AFTER`` seconds resets
-  its slot's backoff. A crash loop never stops the supervisor: it reports ``degraded``.
+  its seat's backoff. A crash loop never stops the supervisor: it reports ``degraded``.
 * At first start, an import failure stops the whole server with exit code 3.
 * Stop: the front drains first (it answers every call it accepted), then workers get
   SIGTERM, then SIGKILL after ``graceful_timeout``.
@@ -29,6 +33,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +63,7 @@ class Phase(enum.Enum):
 class Proc:
     pid: int
     generation: int  # 0 = the front
-    slot: int
+    seat: int
     started_at: float
     state: ProcState = ProcState.STARTING
     signalled_at: float | None = None  # when SIGTERM/SIGABRT was sent
@@ -71,7 +76,7 @@ class Proc:
 
 @dataclass(frozen=True, slots=True)
 class SpawnWorker:
-    slot: int
+    seat: int
     generation: int
 
 
@@ -81,10 +86,28 @@ class SpawnFront:
 
 
 @dataclass(frozen=True, slots=True)
-class Signal:
+class SendSignal:
+    """Send ``signum`` to ``pid`` (SIGTERM/SIGQUIT: stop; SIGABRT: dump stacks; SIGKILL)."""
+
     pid: int
     signum: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A line for the operator, at ``level`` (a ``logging`` level)."""
+
+    message: str
+    level: int = logging.INFO
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """The reload (or coalesced run of reloads) ended; ``generation`` serves now."""
+
+    ready: bool
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +115,7 @@ class Exit:
     code: int
 
 
-PoolAction = SpawnWorker | SpawnFront | Signal | Exit
+PoolAction = SpawnWorker | SpawnFront | SendSignal | Log | ReloadOutcome | Exit
 
 
 @dataclass(slots=True)
@@ -105,19 +128,19 @@ class Pool:
     reload_queued: bool = False  # a SIGHUP arrived during the reload in progress
     phase: Phase = Phase.BOOT
     procs: dict[int, Proc] = field(default_factory=dict)
-    failures: dict[tuple[int, int], int] = field(default_factory=dict)  # (gen, slot)
+    failures: dict[tuple[int, int], int] = field(default_factory=dict)  # (gen, seat)
     not_before: dict[tuple[int, int], float] = field(default_factory=dict)
     front_ready: bool = False
     fast_stop: bool = False
     restarts: int = 0
     abandoned: set[int] = field(default_factory=set)  # generations whose reload failed
-    reload_outcome: str | None = None  # "ready"/"failed" once a reload ends; consumer clears
     exit_code: int = ExitCode.OK
-    events: list[str] = field(default_factory=list)  # human log lines for the supervisor
+    # Actions decided while handling an input; ``plan`` returns them first.
+    outbox: list[PoolAction] = field(default_factory=list)
 
-    # --- events ---------------------------------------------------------------------
-    def spawned(self, pid: int, generation: int, slot: int, now: float) -> None:
-        self.procs[pid] = Proc(pid, generation, slot, now)
+    # --- inputs ---------------------------------------------------------------------
+    def spawned(self, pid: int, generation: int, seat: int, now: float) -> None:
+        self.procs[pid] = Proc(pid, generation, seat, now)
 
     def ready(self, pid: int) -> None:
         proc = self.procs.get(pid)
@@ -127,12 +150,14 @@ class Pool:
         if proc.is_front:
             self.front_ready = True
 
-    def stuck(self, pid: int, now: float) -> list[PoolAction]:
+    def stuck(self, pid: int, now: float) -> None:
+        """The front reported ``pid`` past a call's deadline: the next plan dumps its
+        stacks (SIGABRT), then kills it ``ABORT_GRACE`` seconds later."""
         proc = self.procs.get(pid)
         if proc is None or proc.is_front or proc.state is ProcState.STUCK:
-            return []
+            return
         proc.state, proc.signalled_at = ProcState.STUCK, now
-        return [Signal(pid, signal.SIGABRT, "call past its deadline")]
+        self.outbox.append(SendSignal(pid, signal.SIGABRT, "call past its deadline"))
 
     def exited(self, pid: int, code: int | None, now: float) -> None:
         """A child was reaped. ``code`` is the exit code, or None if killed by a signal."""
@@ -148,7 +173,7 @@ class Pool:
         if code == ExitCode.OK or proc.state is ProcState.STUCK:
             self.restarts += proc.state is ProcState.STUCK
             return  # recycled or killed on purpose: refill at once
-        key = (proc.generation, proc.slot)
+        key = (proc.generation, proc.seat)
         if now - proc.started_at > STABLE_AFTER:
             self.failures.pop(key, None)
         count = self.failures.get(key, 0) + 1
@@ -156,9 +181,12 @@ class Pool:
         self.not_before[key] = now + min(BACKOFF_START * 2 ** (count - 1), BACKOFF_MAX)
         self.restarts += 1
 
-    def reload(self) -> None:
+    def reload(self, target: int | None = None) -> None:
+        """SIGHUP: roll a new generation, of ``target`` workers if given."""
         if self.phase is Phase.STOPPING:
             return
+        if target is not None:
+            self.target = max(1, target)
         if self.pending_generation is not None:
             self.reload_queued = True  # coalesced: starts when the current one ends
             return
@@ -169,12 +197,19 @@ class Pool:
         self.fast_stop = self.fast_stop or not graceful
 
     def resize(self, delta: int) -> None:
+        """SIGTTIN/SIGTTOU: one worker more or fewer (never fewer than one)."""
         self.target = max(1, self.target + delta)
 
     # --- planning -------------------------------------------------------------------
     def plan(self, now: float) -> list[PoolAction]:
-        if self.phase is Phase.STOPPING:
-            return self._plan_stop(now)
+        """Every action due at ``now``: first those decided by inputs and by this plan
+        (logs, SIGABRT for stuck workers, reload outcomes), then spawns and signals;
+        ``Exit`` comes last and only once nothing is left alive."""
+        actions = self._plan_stop(now) if self.phase is Phase.STOPPING else self._plan_run(now)
+        queued, self.outbox = self.outbox, []
+        return queued + actions
+
+    def _plan_run(self, now: float) -> list[PoolAction]:
         actions: list[PoolAction] = []
         if self._front() is None and self._may_spawn((0, 0), now):
             actions.append(SpawnFront())
@@ -226,14 +261,14 @@ class Pool:
 
     def _fill(self, generation: int, now: float) -> list[PoolAction]:
         live = {
-            p.slot
+            p.seat
             for p in self.procs.values()
             if p.generation == generation and p.state is not ProcState.RETIRING
         }
         return [
-            SpawnWorker(slot, generation)
-            for slot in range(self.target)
-            if slot not in live and self._may_spawn((generation, slot), now)
+            SpawnWorker(seat, generation)
+            for seat in range(self.target)
+            if seat not in live and self._may_spawn((generation, seat), now)
         ]
 
     def _maybe_switch(self, now: float) -> list[PoolAction]:
@@ -241,13 +276,13 @@ class Pool:
         if new is None or self.ready_count(new) < self.target:
             return []
         old, self.generation, self.pending_generation = self.generation, new, None
-        self.events.append(f"generation {new} ready, retiring generation {old}")
-        self._end_reload("ready")
+        self.outbox.append(Log(f"generation {new} ready, retiring generation {old}"))
+        self._end_reload(ready=True)
         return self._retire(lambda p: p.generation == old, now, "replaced by a reload")
 
     def _retire_surplus(self, now: float) -> list[PoolAction]:
         return self._retire(
-            lambda p: not p.is_front and p.generation == self.generation and p.slot >= self.target,
+            lambda p: not p.is_front and p.generation == self.generation and p.seat >= self.target,
             now,
             "pool shrunk",
         )
@@ -260,7 +295,7 @@ class Pool:
                 ProcState.READY,
             ):
                 proc.state, proc.signalled_at = ProcState.RETIRING, now
-                actions.append(Signal(proc.pid, signal.SIGTERM, reason))
+                actions.append(SendSignal(proc.pid, signal.SIGTERM, reason))
         return actions
 
     def _escalate(self, now: float) -> list[PoolAction]:
@@ -271,18 +306,20 @@ class Pool:
             grace = ABORT_GRACE if proc.state is ProcState.STUCK else self.graceful_timeout
             if now >= proc.signalled_at + grace:
                 proc.killed = True  # SIGKILL once; reaping removes it
-                actions.append(Signal(proc.pid, signal.SIGKILL, "did not exit in time"))
+                actions.append(SendSignal(proc.pid, signal.SIGKILL, "did not exit in time"))
         return actions
 
     def _import_failed(self, proc: Proc) -> None:
         if self.phase is Phase.BOOT and proc.generation == self.generation:
-            self.events.append("plugins failed to import at start; stopping")
+            self.outbox.append(Log("plugins failed to import at start; stopping", logging.ERROR))
             self.exit_code = ExitCode.PLUGIN_LOAD_ERROR
             self.stop(graceful=False)
         elif proc.generation == self.pending_generation:
-            self.events.append(
-                f"reload abandoned: generation {proc.generation} failed to import; "
-                f"generation {self.generation} keeps serving"
+            self.outbox.append(
+                Log(
+                    f"reload abandoned: generation {proc.generation} failed to import; "
+                    f"generation {self.generation} keeps serving"
+                )
             )
             self._abandon_reload()
 
@@ -290,23 +327,26 @@ class Pool:
         if self.pending_generation is not None:
             self.abandoned.add(self.pending_generation)
         self.pending_generation = None
-        self._end_reload("failed")
+        self._end_reload(ready=False)
 
     def _begin_reload(self) -> None:
         self.reload_queued = False
         self.newest_generation = max(self.newest_generation, self.generation) + 1
         self.pending_generation = self.newest_generation
 
-    def _end_reload(self, outcome: str) -> None:
+    def _end_reload(self, ready: bool) -> None:
         if self.reload_queued and self.phase is not Phase.STOPPING:
-            self.events.append(
-                f"reload {outcome}, but another was requested meanwhile: "
-                f"starting generation {max(self.newest_generation, self.generation) + 1}"
+            outcome = "ready" if ready else "failed"
+            self.outbox.append(
+                Log(
+                    f"reload {outcome}, but another was requested meanwhile: "
+                    f"starting generation {max(self.newest_generation, self.generation) + 1}"
+                )
             )
             self._begin_reload()
         else:
             self.reload_queued = False
-            self.reload_outcome = outcome
+            self.outbox.append(ReloadOutcome(ready, self.generation))
 
     def _plan_stop(self, now: float) -> list[PoolAction]:
         actions: list[PoolAction] = []
@@ -319,7 +359,7 @@ class Pool:
                 continue
             if proc.is_front or front is None or self.fast_stop:
                 proc.state, proc.signalled_at = ProcState.RETIRING, now
-                actions.append(Signal(proc.pid, sig, "stopping"))
+                actions.append(SendSignal(proc.pid, sig, "stopping"))
         actions += self._escalate(now)
         if not self.procs:
             actions.append(Exit(self.exit_code))

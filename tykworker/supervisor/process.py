@@ -38,11 +38,13 @@ from tykworker.store import STORE_FILENAME, SQLiteStore
 from tykworker.supervisor.channels import Channels, Sender, open_pair
 from tykworker.supervisor.pool import (
     Exit,
+    Log,
     Phase,
     Pool,
     PoolAction,
     ProcState,
-    Signal,
+    ReloadOutcome,
+    SendSignal,
     SpawnFront,
     SpawnWorker,
 )
@@ -74,7 +76,7 @@ class Supervisor:
         self.runtime_dir = settings.resolved_runtime_dir()
         self.pool = Pool(target=settings.workers, graceful_timeout=settings.graceful_timeout)
         self.signals: deque[int] = deque()
-        self.index_of: dict[int, int] = {}  # pid -> scoreboard slot
+        self.index_of: dict[int, int] = {}  # pid -> scoreboard slot index
         self.settings_of: dict[int, Settings] = {1: settings}  # generation -> settings
         self.latest = settings  # settings read by the last SIGHUP
         self.notifier = systemd.Notifier()
@@ -175,7 +177,6 @@ class Supervisor:
                     if isinstance(action, Exit):
                         return action.code
                     self._act(action)
-                self._flush_events()
                 self._publish()
                 timeout = self.pool.next_wakeup(time.monotonic())
                 self._wait(timeout if timeout is not None else 30.0)
@@ -308,8 +309,7 @@ class Supervisor:
                 message.elapsed,
                 extra={"call_id": message.call_id, "hook": message.hook, "worker_pid": worker},
             )
-            for action in self.pool.stuck(worker, time.monotonic()):
-                self._act(action)
+            self.pool.stuck(worker, time.monotonic())
 
     def _reload(self) -> None:
         log.info("SIGHUP: reloading configuration and plugins")
@@ -322,9 +322,7 @@ class Supervisor:
         self.latest = new  # what the next generation to start runs with
         if new is not self.settings:
             self._send_front_config(new)
-        if self.pool.phase is not Phase.STOPPING:
-            self.pool.target = new.workers
-        self.pool.reload()
+        self.pool.reload(target=new.workers)
 
     def _send_front_config(self, new: Settings) -> None:
         """Hand the front the settings it applies live (deadlines, fail-open, queue size);
@@ -361,10 +359,14 @@ class Supervisor:
     # --- actions --------------------------------------------------------------------
     def _act(self, action: PoolAction) -> None:
         if isinstance(action, SpawnWorker):
-            self._spawn_worker(action.slot, action.generation)
+            self._spawn_worker(action.seat, action.generation)
         elif isinstance(action, SpawnFront):
             self._spawn_front()
-        elif isinstance(action, Signal):
+        elif isinstance(action, Log):
+            log.log(action.level, "%s", action.message)
+        elif isinstance(action, ReloadOutcome):
+            self._reload_ended(action)
+        elif isinstance(action, SendSignal):
             log.debug(
                 "signal %s to pid %d: %s",
                 signal.Signals(action.signum).name,
@@ -410,7 +412,7 @@ class Supervisor:
             sys.stderr.flush()
             os._exit(code)
 
-    def _spawn_worker(self, slot: int, generation: int) -> None:
+    def _spawn_worker(self, seat: int, generation: int) -> None:
         taken = set(self.index_of.values())
         index = self.board.free_index(taken)
         # A generation runs with the settings read by the last SIGHUP before it started.
@@ -418,7 +420,7 @@ class Supervisor:
         mine, theirs = open_pair()
         spec = WorkerSpec(
             generation,
-            slot,
+            seat,
             index,
             self.bridge_path,
             theirs.fileno(),
@@ -433,7 +435,7 @@ class Supervisor:
         pid = self._fork(child, (mine, theirs))
         self.channels.attach(Sender(mine, is_front=False, generation=generation), pid)
         self.index_of[pid] = index
-        self.pool.spawned(pid, generation, slot, time.monotonic())
+        self.pool.spawned(pid, generation, seat, time.monotonic())
 
     def _spawn_front(self) -> None:
         mine, theirs = open_pair()
@@ -447,22 +449,19 @@ class Supervisor:
         self.pool.spawned(self.front_pid, 0, 0, time.monotonic())
 
     # --- reporting ------------------------------------------------------------------
-    def _flush_events(self) -> None:
-        pool = self.pool
-        for line in pool.events:
-            log.info("%s", line)
-        pool.events.clear()
-        outcome, pool.reload_outcome = pool.reload_outcome, None
-        if outcome == "failed":
-            log.error("reload failed: generation %d keeps serving", pool.generation)
-            self.reload_failures += 1
-            self.board.write_header(reload_failures=self.reload_failures)
-        elif outcome == "ready":
+    def _reload_ended(self, outcome: ReloadOutcome) -> None:
+        """Count the outcome where ``tykworker reload`` waits for it, adopt the serving
+        generation's settings, and tell systemd the reload is over."""
+        if outcome.ready:
             self.reloads += 1
             self.board.write_header(reloads=self.reloads)
-        if outcome is not None:
-            self.settings = self.settings_of.get(pool.generation, self.settings)
-            self.notifier.ready(f"reload {outcome}; {self._status_text()}")
+        else:
+            log.error("reload failed: generation %d keeps serving", outcome.generation)
+            self.reload_failures += 1
+            self.board.write_header(reload_failures=self.reload_failures)
+        self.settings = self.settings_of.get(outcome.generation, self.settings)
+        word = "ready" if outcome.ready else "failed"
+        self.notifier.ready(f"reload {word}; {self._status_text()}")
 
     def _publish(self) -> None:
         pool = self.pool

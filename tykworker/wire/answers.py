@@ -29,7 +29,6 @@ request or response continues as if the hook had done nothing. Events get an emp
 
 from __future__ import annotations
 
-import enum
 import json
 from functools import cache
 from typing import Final
@@ -39,35 +38,11 @@ from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker._proto import coprocess_return_overrides_pb2 as overrides_pb2
+from tykworker.wire.reasons import Reason
 
 RESPONSE_HOOK: Final = common_pb2.Response
 #: Header added to every answer tykworker makes on a hook's behalf.
 ANSWER_HEADER: Final = "X-Tykworker-Error"
-
-
-class Reason(enum.Enum):
-    """Why tykworker answered instead of the hook. Value = (status, message)."""
-
-    TIMEOUT = (504, "Plugin timeout")
-    CRASH = (502, "Plugin crashed")
-    OVERLOAD = (503, "Plugin overloaded")
-    UNAVAILABLE = (503, "Plugin unavailable")
-    HOOK_ERROR = (500, "Plugin error")
-    NO_HOOK = (500, "Plugin hook not found")
-    BAD_REQUEST = (400, "Malformed plugin call")
-
-    @property
-    def status(self) -> int:
-        return self.value[0]
-
-    @property
-    def message(self) -> str:
-        return self.value[1]
-
-    @property
-    def code(self) -> str:
-        """Short machine name, used in the X-Tykworker-Error header and in metrics."""
-        return self.name.lower()
 
 
 def override_fragment(hook_type: int, status: int, message: str, code: str) -> bytes:

@@ -18,7 +18,7 @@ Invariants (h11-style):
 * No I/O here. ``FrameDecoder.feed`` takes whatever bytes arrived; ``next_frame`` returns a
   complete ``Frame`` or ``None`` (need more data). Feeding byte by byte or all at once
   yields the same frames.
-* A violation raises ``ProtocolError`` once and leaves the decoder in ERROR: every later
+* A violation raises ``RemoteProtocolError`` once and leaves the decoder in ERROR: every later
   call raises again. The caller closes that channel.
 * Decoding a large frame is linear: the buffer is compacted lazily and the header is parsed
   once per frame.
@@ -35,7 +35,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
-from tykworker.errors import ProtocolError
+from tykworker.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 MAGIC: Final = b"TW"
 VERSION: Final = 1
@@ -67,7 +67,7 @@ class Frame:
 def encode_frame(kind: FrameKind, call_id: int, payload: bytes = b"") -> bytes:
     """Header + payload as one bytes object.
 
-    Raises ``ProtocolError`` if ``call_id`` is outside 0..2**64-1 or the payload is 4 GiB
+    Raises ``LocalProtocolError`` if ``call_id`` is outside 0..2**64-1 or the payload is 4 GiB
     or more (the header cannot represent them).
     """
     return encode_header(kind, call_id, len(payload)) + payload
@@ -76,13 +76,13 @@ def encode_frame(kind: FrameKind, call_id: int, payload: bytes = b"") -> bytes:
 def encode_header(kind: FrameKind, call_id: int, length: int) -> bytes:
     """Just the header, for writers that send a large payload without copying it.
 
-    Raises ``ProtocolError`` like ``encode_frame``.
+    Raises ``LocalProtocolError`` like ``encode_frame``.
     """
     try:
         return HEADER.pack(MAGIC, VERSION, kind, length, call_id)
     except struct.error as exc:
-        # This module raises only ProtocolError (STYLE.md section 9).
-        raise ProtocolError(f"cannot encode a frame header: {exc}") from exc
+        # This module raises only ProtocolError subclasses (STYLE.md section 9).
+        raise LocalProtocolError(f"cannot encode a frame header: {exc}") from exc
 
 
 class FrameDecoder:
@@ -150,7 +150,7 @@ class FrameDecoder:
         return frame_kind, length, call_id
 
     def _fail(self, message: str) -> NoReturn:
-        self._error = ProtocolError(message)
+        self._error = RemoteProtocolError(message)
         raise self._error
 
 

@@ -34,8 +34,8 @@ class WorkerSpec:
     """What the supervisor hands a worker it forks."""
 
     generation: int
-    slot: int  # logical pool slot
-    index: int  # scoreboard slot
+    seat: int  # the pool seat it fills (pool.py), 0..workers-1
+    index: int  # its scoreboard slot (scoreboard.py)
     bridge_path: Path
     channel_fd: int  # its own channel to the supervisor, for WorkerReady only
     scoreboard_path: Path

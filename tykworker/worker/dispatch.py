@@ -49,9 +49,10 @@ from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker._proto import coprocess_session_state_pb2 as session_pb2
-from tykworker.errors import HookError, PluginLoadError, TykWorkerError
+from tykworker.errors import HookError, HookNotFound, PluginLoadError
 from tykworker.logs import active_call
 from tykworker.wire import answers
+from tykworker.wire.reasons import Reason
 from tykworker.worker.scope import Scope
 from tykworker.worker.tyk.decorators import HandlerDecorator
 from tykworker.worker.tyk.event import TykEvent
@@ -59,10 +60,6 @@ from tykworker.worker.tyk.gateway import CallContext, call_context, current, sec
 from tykworker.worker.tyk.request import TykCoProcessRequest
 
 calls_log = logging.getLogger("tykworker.calls")
-
-
-class HookNotFound(TykWorkerError):
-    """No handler answers to the Object's hook name (in its bundle or registry)."""
 
 
 #: A handler and the scope its code must run in (``None``: no import isolation needed).
@@ -82,8 +79,8 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
         obj = object_pb2.Object.FromString(payload)
     except DecodeError as exc:
         calls_log.warning("undecodable Dispatch payload (%d bytes): %s", len(payload), exc)
-        active_call.failure = answers.Reason.BAD_REQUEST.code
-        return answers.failure_reply(b"", common_pb2.Unknown, answers.Reason.BAD_REQUEST, False)
+        active_call.failure = Reason.BAD_REQUEST.code
+        return answers.failure_reply(b"", common_pb2.Unknown, Reason.BAD_REQUEST, False)
     context = CallContext(
         hook=obj.hook_name,
         api_id=obj.spec.get("APIID", ""),
@@ -96,10 +93,10 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
             handler, scope = resolve(obj)
         except HookNotFound as exc:
             calls_log.warning("%s", context.redact(str(exc)), extra=context.log_extra())
-            return _failure(payload, obj, answers.Reason.NO_HOOK)
+            return _failure(payload, obj, Reason.NO_HOOK)
         except Exception as exc:
             _log_failure(context, obj, exc)
-            return _failure(payload, obj, answers.Reason.HOOK_ERROR)
+            return _failure(payload, obj, Reason.HOOK_ERROR)
         try:
             if scope is None:
                 call_hook(handler, obj)
@@ -112,7 +109,7 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
             raise
         except BaseException as exc:
             _log_failure(context, obj, exc)
-            return _failure(payload, obj, answers.Reason.HOOK_ERROR)
+            return _failure(payload, obj, Reason.HOOK_ERROR)
 
 
 def drop_ignored_copies(obj: object_pb2.Object) -> None:
@@ -126,7 +123,7 @@ def drop_ignored_copies(obj: object_pb2.Object) -> None:
         obj.response.ClearField("body")
 
 
-def _failure(payload: bytes, obj: object_pb2.Object, reason: answers.Reason) -> bytes:
+def _failure(payload: bytes, obj: object_pb2.Object, reason: Reason) -> bytes:
     active_call.failure = reason.code  # the worker loop reports it to the front (metrics)
     return answers.failure_reply(payload, obj.hook_type, reason, False)
 
@@ -221,7 +218,7 @@ def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
     with call_context(context):
         target = resolve(name, api_id)
         if target is None:
-            active_call.failure = answers.Reason.NO_HOOK.code
+            active_call.failure = Reason.NO_HOOK.code
             calls_log.warning(
                 "no @Event handler %r for API %s", name, api_id, extra=context.log_extra()
             )
@@ -242,7 +239,7 @@ def run_event(target: Target, event: TykEvent) -> None:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        active_call.failure = answers.Reason.HOOK_ERROR.code
+        active_call.failure = Reason.HOOK_ERROR.code
         context = current()
         calls_log.error(
             "event handler %s failed: %s",

@@ -59,7 +59,9 @@ _RECV_SIZE = 1 << 20  # bytes per bridge read
 
 
 class _Signals:
-    """Signal handlers only record; the loop acts (STYLE.md §4)."""
+    """Signal handlers record, and the loop acts (STYLE.md §4), with one exception: a
+    fast stop (SIGQUIT/SIGINT) while a hook runs exits from the handler at once
+    (``os._exit``), since the loop regains control only when the hook returns."""
 
     def __init__(self) -> None:
         self.drain = False
@@ -96,7 +98,7 @@ class Worker:
         self.board = Scoreboard.open(spec.scoreboard_path)
         self.process = psutil.Process()
         self.rss = 0
-        self.label = f"worker {spec.slot} gen {spec.generation}"
+        self.label = f"worker {spec.seat} gen {spec.generation}"
 
     def run(self) -> int:
         signals = _Signals()
@@ -278,5 +280,5 @@ def _send_all(sock: socket.socket, head: bytes, body: bytes) -> None:
 
 def run_worker(settings: Settings, spec: WorkerSpec) -> int:
     """Entry point in the forked child; returns the exit code."""
-    proctitle.set(f"worker {spec.slot} gen {spec.generation} starting")
+    proctitle.set(f"worker {spec.seat} gen {spec.generation} starting")
     return Worker(settings, spec).run()

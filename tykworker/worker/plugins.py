@@ -43,10 +43,10 @@ from typing import Final
 from tykworker._proto import coprocess_common_pb2 as common_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.config import Settings
-from tykworker.errors import PluginLoadError
+from tykworker.errors import HookNotFound, PluginLoadError
 from tykworker.store import Store, open_store
 from tykworker.worker import tyk as shims
-from tykworker.worker.dispatch import HookNotFound, Target, dispatch, dispatch_event, run_event
+from tykworker.worker.dispatch import Target, dispatch, dispatch_event, run_event
 from tykworker.worker.scope import Scope, install_finder
 from tykworker.worker.tyk import gateway as gateway_api
 from tykworker.worker.tyk.decorators import CustomKeyCheck, HandlerDecorator, collecting

@@ -51,8 +51,20 @@ def Leak(request, session, spec):
 
 
 @Hook  # noqa: F405
+def Gate(request, session, spec):
+    """Holds its worker until the test releases the gate: creates the file named by the
+    ``Gate`` header (tests/integration/conftest.py ``gate``)."""
+    path = request.get_header("Gate")
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    request.add_header("X-Worker-Pid", str(os.getpid()))
+    return request, session
+
+
+@Hook  # noqa: F405
 def Orphan(request, session, spec):
-    subprocess.Popen(["sleep", "30"])
+    child = subprocess.Popen(["sleep", "30"])  # never waited for: orphaned when we exit
+    request.add_header("X-Orphan-Pid", str(child.pid))
     return request, session
 
 

@@ -26,18 +26,20 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import hpack
 
+from tykworker.errors import H2ConnectionError
 from tykworker.front.h2 import frames as f
 from tykworker.front.h2.frames import ErrorCode, FrameType, Setting
 from tykworker.front.h2.heads import HeaderDecoder, Status, trailers_valid
 from tykworker.front.h2.state import RESET_BY_PEER, RESET_BY_US, CallEvent, Limits, Stream
-from tykworker.front.h2.streams import PREFIX, Fault, StreamTable
+from tykworker.front.h2.streams import PREFIX, StreamTable
 
 CONN_WINDOW: Final = f.MAX_WINDOW
 _U32: Final = struct.Struct(">L")
@@ -97,8 +99,8 @@ class H2Connection(StreamTable):
         events = self._events = []
         try:
             pos = self._parse(data)
-        except Fault as fault:
-            self._fail(fault.code, str(fault))
+        except H2ConnectionError as fault:
+            self._fail(ErrorCode(fault.code), str(fault))
             self._pending.clear()
             self._pending_len = 0
             return []
@@ -128,7 +130,7 @@ class H2Connection(StreamTable):
         pos = 0
         if not self._preface_done:
             if data[: len(f.PREFACE)] != f.PREFACE:
-                raise Fault(ErrorCode.PROTOCOL_ERROR, "invalid connection preface")
+                raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "invalid connection preface")
             pos = len(f.PREFACE)
             self._preface_done = True
         view = memoryview(data)
@@ -137,7 +139,7 @@ class H2Connection(StreamTable):
             hi, lo, kind, flags, stream_id = f.FRAME_HEADER.unpack_from(data, pos)
             length = hi << 16 | lo
             if length > f.DEFAULT_MAX_FRAME:
-                raise Fault(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
             end = pos + f.HEADER_SIZE + length
             if end > size:
                 self._needed = end - pos
@@ -151,22 +153,22 @@ class H2Connection(StreamTable):
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
         if self._block is not None and kind != FrameType.CONTINUATION:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
         if not self._settings_seen and kind != FrameType.SETTINGS:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "preface not followed by SETTINGS")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "preface not followed by SETTINGS")
         handler = self._handlers.get(kind)
         if handler is not None:
             handler(flags, stream_id, payload)
         elif not self._control.spend():  # unknown frame types are ignored (RFC 9113 §5.5)
-            raise Fault(ErrorCode.ENHANCE_YOUR_CALM, "too many unknown frames")
+            raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "too many unknown frames")
 
     # --- DATA -----------------------------------------------------------------------------
     def _on_data(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
         if size > self._recv_window:
-            raise Fault(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
+            raise H2ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "connection window exceeded")
         self._recv_window -= size
         self._recv_unacked += size
         data = _unpad(flags, payload)
@@ -256,12 +258,14 @@ class H2Connection(StreamTable):
     # --- HEADERS and CONTINUATION ---------------------------------------------------------
     def _on_headers(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         block = _unpad(flags, payload)
         bad_priority = False
         if flags & f.PRIORITY_FLAG:
             if len(block) < 5:
-                raise Fault(ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short for priority")
+                raise H2ConnectionError(
+                    ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short for priority"
+                )
             bad_priority = _U32.unpack_from(block)[0] & f.STREAM_MASK == stream_id
             block = block[5:]
         if flags & f.END_HEADERS:
@@ -274,27 +278,23 @@ class H2Connection(StreamTable):
 
     def _on_continuation(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if self._block is None or stream_id != self._block_stream:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
         self._block.append(bytes(payload))
         if len(self._block) > self.limits.max_continuations:
-            raise Fault(ErrorCode.ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
+            raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "too many CONTINUATION frames")
         if sum(map(len, self._block)) > self.limits.max_header_block:
-            raise Fault(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
+            raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
         if flags & f.END_HEADERS:
             block, self._block = b"".join(self._block), None
             self._header_block(stream_id, self._block_flags, block, self._block_bad_priority)
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        try:
+        with _hpack_errors():
             return self._decoder.decode(block)
-        except hpack.OversizedHeaderListError as exc:
-            raise Fault(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from exc
-        except (hpack.HPACKError, IndexError, ValueError) as exc:
-            raise Fault(ErrorCode.COMPRESSION_ERROR, f"HPACK: {exc}") from exc
 
     def _header_block(self, stream_id: int, flags: int, block: bytes, bad_priority: bool) -> None:
         if stream_id % 2 == 0:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "even stream id from a client")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "even stream id from a client")
         stream = self._streams.get(stream_id)
         if stream is not None:
             self._trailers(stream, flags, self._decode(block))
@@ -313,12 +313,8 @@ class H2Connection(StreamTable):
             self._end_of_request(stream)
 
     def _new_stream(self, stream_id: int, flags: int, block: bytes, bad_priority: bool) -> None:
-        try:
+        with _hpack_errors():
             head = self._decoder.request(block)
-        except hpack.OversizedHeaderListError as exc:
-            raise Fault(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from exc
-        except (hpack.HPACKError, IndexError, ValueError) as exc:
-            raise Fault(ErrorCode.COMPRESSION_ERROR, f"HPACK: {exc}") from exc
         self.last_stream_id = stream_id
         if self.draining:  # after GOAWAY: ignored, the client retries elsewhere
             self._remember(stream_id, RESET_BY_US)
@@ -340,7 +336,7 @@ class H2Connection(StreamTable):
     # --- other frames ---------------------------------------------------------------------
     def _on_priority(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
         self._spend(self._control, "PRIORITY frames")
         if len(payload) != 5:
             self._stream_error(stream_id, ErrorCode.FRAME_SIZE_ERROR)
@@ -349,9 +345,9 @@ class H2Connection(StreamTable):
 
     def _on_rst_stream(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if len(payload) != 4:
-            raise Fault(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM length")
         if stream_id == 0 or stream_id > self.last_stream_id:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self._streams.get(stream_id)
         if stream is not None:
             self._spend(self._resets, "stream resets")
@@ -359,13 +355,13 @@ class H2Connection(StreamTable):
 
     def _on_settings(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & f.ACK:
             if len(payload):
-                raise Fault(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
-            raise Fault(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length")
         if self._settings_seen:
             self._spend(self._control, "SETTINGS frames")
         self._settings_seen = True
@@ -377,55 +373,57 @@ class H2Connection(StreamTable):
 
     def _setting(self, key: int, value: int) -> None:
         if key == Setting.ENABLE_PUSH and value > 1:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
         if key == Setting.INITIAL_WINDOW_SIZE:
             if value > f.MAX_WINDOW:
-                raise Fault(ErrorCode.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
+                raise H2ConnectionError(
+                    ErrorCode.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large"
+                )
             delta = value - self._peer_initial_window
             self._peer_initial_window = value
             for stream in self._streams.values():
                 stream.send_window += delta
                 if stream.send_window > f.MAX_WINDOW:
-                    raise Fault(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow")
+                    raise H2ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "stream window overflow")
         elif key == Setting.MAX_FRAME_SIZE:
             if not f.DEFAULT_MAX_FRAME <= value <= f.MAX_FRAME_LIMIT:
-                raise Fault(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+                raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
             self._peer_max_frame = value
         # HEADER_TABLE_SIZE: our encoder never uses its dynamic table. Others: not ours.
 
     def _on_push_promise(self, flags: int, stream_id: int, payload: memoryview) -> None:
-        raise Fault(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+        raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
 
     def _on_ping(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
         if len(payload) != 8:
-            raise Fault(ErrorCode.FRAME_SIZE_ERROR, "PING length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PING length")
         if not flags & f.ACK:
             self._spend(self._control, "PING frames")
             self._out.append(f.ping_ack(bytes(payload)))
 
     def _on_goaway(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
         if len(payload) < 8:
-            raise Fault(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY length")
         # The client opens no more streams; those it has get their answers.
 
     def _on_window_update(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if len(payload) != 4:
-            raise Fault(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+            raise H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
         increment = _U32.unpack_from(payload)[0] & f.STREAM_MASK
         if stream_id == 0:
             if increment == 0:
-                raise Fault(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self._conn_send_window += increment
             if self._conn_send_window > f.MAX_WINDOW:
-                raise Fault(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
+                raise H2ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
             self._send_blocked()
             return
         if stream_id > self.last_stream_id:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # closed: updates may still be in flight
@@ -443,5 +441,17 @@ def _unpad(flags: int, payload: memoryview) -> memoryview:
     if not flags & f.PADDED:
         return payload
     if not len(payload) or payload[0] >= len(payload):
-        raise Fault(ErrorCode.PROTOCOL_ERROR, "invalid padding")
+        raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "invalid padding")
     return payload[1 : len(payload) - payload[0]]
+
+
+@contextlib.contextmanager
+def _hpack_errors() -> Iterator[None]:
+    """The one mapping of header-block decoding failures to connection errors (RFC 9113
+    §4.3): an oversized list is ENHANCE_YOUR_CALM, anything else COMPRESSION_ERROR."""
+    try:
+        yield
+    except hpack.OversizedHeaderListError as exc:
+        raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from exc
+    except (hpack.HPACKError, IndexError, ValueError) as exc:
+        raise H2ConnectionError(ErrorCode.COMPRESSION_ERROR, f"HPACK: {exc}") from exc

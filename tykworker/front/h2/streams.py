@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from tykworker.errors import H2ConnectionError
 from tykworker.front.h2 import frames as f
 from tykworker.front.h2.frames import ErrorCode, FrameType
 from tykworker.front.h2.heads import (
@@ -39,14 +40,6 @@ _RECENT_CLOSED: Final = 1024
 _ANSWER_HEAD: Final = struct.Struct(f">BHBBL{len(RESPONSE_HEADERS)}sBHBBLBL")
 _OK_TRAILERS_FRAME: Final = struct.Struct(f">BHBBL{len(OK_TRAILERS)}s")
 PREFIX: Final = struct.Struct(">BL")
-
-
-class Fault(Exception):
-    """A connection error: GOAWAY with ``code``."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class StreamTable:
@@ -258,19 +251,19 @@ class StreamTable:
             self._stream_error(stream_id, ErrorCode.STREAM_CLOSED)
             return
         if stream_id > self.last_stream_id:
-            raise Fault(ErrorCode.PROTOCOL_ERROR, f"{what} on an idle stream")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, f"{what} on an idle stream")
         how = self._closed.get(stream_id)
         if how == ENDED:
-            raise Fault(ErrorCode.STREAM_CLOSED, f"{what} on a closed stream")
+            raise H2ConnectionError(ErrorCode.STREAM_CLOSED, f"{what} on a closed stream")
         if how == RESET_BY_PEER:
             self._stream_error(stream_id, ErrorCode.STREAM_CLOSED)
         elif how is None and what == "HEADERS":
-            raise Fault(ErrorCode.PROTOCOL_ERROR, "stream id not increasing")
+            raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "stream id not increasing")
         # RESET_BY_US or long forgotten: frames that were in flight, ignored.
 
     def _spend(self, budget: Budget, what: str) -> None:
         if not budget.spend():
-            raise Fault(ErrorCode.ENHANCE_YOUR_CALM, f"flood of {what}")
+            raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, f"flood of {what}")
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         self.error = (code, message)
