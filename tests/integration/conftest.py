@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker.cli import objects
 
 HERE = Path(__file__).parent
 PLUGINS = HERE / "plugins"
@@ -65,30 +66,20 @@ def make_object(
     spec: dict[str, str] | None = None,
     session: bool = False,
 ) -> object_pb2.Object:
-    """An Object as the gateway builds it (PROTOCOL.md §2.1)."""
-    obj = object_pb2.Object(hook_type=HOOK_TYPES[hook_type], hook_name=hook)
-    req = obj.request
-    req.headers.update({"Host": "gw.example", **(headers or {})})
-    req.url = "/api/things?x=1"
-    req.request_uri = "/api/things?x=1"
-    req.params["x"] = "1"
-    req.method = method
-    req.scheme = "http"
-    req.raw_body = body
-    with contextlib.suppress(UnicodeDecodeError):
-        req.body = body.decode()
-    req.return_overrides.response_code = -1
-    obj.spec.update(
-        spec
-        or {"APIID": "api1", "OrgID": "org1", "bundle_hash": "d41d8cd98f00b204e9800998ecf8427e"}
+    """An Object as the gateway builds it: the project's one builder
+    (``tykworker.cli.objects``, which ``tykworker call`` uses too)."""
+    authenticated = session or hook_type in ("post_key_auth", "post")
+    return objects.gateway_object(
+        HOOK_TYPES[hook_type],
+        hook,
+        headers=headers,
+        url="/api/things?x=1",
+        method=method,
+        body=body,
+        api_id="api1",
+        spec=spec,
+        session=objects.authenticated_session() if authenticated else None,
     )
-    if session or hook_type in ("post_key_auth", "post", "response"):
-        obj.session.rate = 1
-    if hook_type == "response":
-        obj.response.status_code = 200
-        obj.response.raw_body = b'{"ok": true}'
-        obj.response.headers["Content-Type"] = "application/json"
-    return obj
 
 
 class Server:
