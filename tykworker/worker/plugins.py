@@ -19,8 +19,8 @@ in one scope are a ``PluginLoadError`` naming both places, never a silent overri
 Lookup of a Dispatch call: the bundle named by ``spec["bundle_hash"]`` if it is loaded and
 has hooks (strict: a missing name there is "hook not found"), else the middleware table.
 Bundles that appear after start are loaded on first use (the bundles directory is
-re-listed when its mtime changes). An auth call with ``hook_name == ""`` uses the scope's
-only ``@CustomKeyCheck`` handler, else its only 4-argument ``@Hook``, else "not found".
+re-listed when its mtime changes). An empty hook name is never matched to a handler
+(``dispatch`` refuses an auth call with one before lookup, with 403).
 
 Invariants: ``load_runtime`` imports every scope that exists at start and raises
 ``PluginLoadError`` (file, line, traceback) if any fails, so a bad reload never replaces
@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from tykworker._proto import coprocess_common_pb2 as common_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.config import Settings
 from tykworker.errors import PluginLoadError
@@ -49,7 +48,7 @@ from tykworker.worker import tyk as shims
 from tykworker.worker.dispatch import HookNotFound, Target, dispatch, dispatch_event, run_event
 from tykworker.worker.scope import Scope, install_finder
 from tykworker.worker.tyk import gateway as gateway_api
-from tykworker.worker.tyk.decorators import CustomKeyCheck, HandlerDecorator, collecting
+from tykworker.worker.tyk.decorators import HandlerDecorator, collecting
 from tykworker.worker.tyk.event import TykEvent
 
 log = logging.getLogger("tykworker.plugins")
@@ -72,20 +71,11 @@ class Registry:
 
     def hook(self, name: str, hook_type: int) -> HandlerDecorator:
         """The hook called ``name``; raises ``HookNotFound``."""
-        handler = self.hooks.get(name) if name else self._auth_hook(hook_type)
+        handler = self.hooks.get(name) if name else None  # an empty name is never guessed
         if handler is None:
             shown = repr(name) if name else '"" (empty hook name)'
             raise HookNotFound(f"hook {shown} is not defined in {self.label}")
         return handler
-
-    def _auth_hook(self, hook_type: int) -> HandlerDecorator | None:
-        if hook_type != common_pb2.CustomKeyCheck:
-            return None
-        typed: list[HandlerDecorator] = [
-            h for h in self.hooks.values() if isinstance(h, CustomKeyCheck)
-        ]
-        candidates = typed or [h for h in self.hooks.values() if h.arg_count == 4]
-        return candidates[0] if len(candidates) == 1 else None
 
 
 def build_registry(
