@@ -86,6 +86,7 @@ class Stack:
     def restart_server(self) -> None:
         code = self.server.stop()
         assert code == 0, self.server.log()
+        Path(self.server.notify_path).unlink()  # the next Server binds it again
         self.server = self.start_server()
 
     def get(self, path: str, **kw: Any) -> Any:
