@@ -8,7 +8,9 @@ Scopes (each one hook table, each with its own import isolation, see ``scope.py`
 * each bundle under ``bundles``: a directory holding ``manifest.json``. Its key is its
   name when that is 32 hex digits (already named by the hash, as the gateway unpacks
   them), else ``md5(name)`` (and ``md5(name + ".zip")``), matching ``spec["bundle_hash"]``.
-  Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
+  A directory without ``manifest.json`` whose subfolders have one is a merged bundle
+  (the gateway's layout for ``"a.zip,b.zip"``): each part loads in its own scope and
+  their hooks form one table. Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
   entry, else ``middleware.py``. A bundle with no Python entry (a gRPC-only bundle whose
   manifest only carries ``custom_middleware``) has no hooks.
 
@@ -68,6 +70,11 @@ class Registry:
     scope: Scope | None = None
     hooks: dict[str, HandlerDecorator] = field(default_factory=dict)
     events: dict[str, HandlerDecorator] = field(default_factory=dict)
+    #: Per-handler scopes of a merged bundle (each part has its own); else ``scope``.
+    scopes: dict[int, Scope] = field(default_factory=dict)
+
+    def scope_of(self, handler: HandlerDecorator) -> Scope | None:
+        return self.scopes.get(id(handler), self.scope)
 
     def hook(self, name: str, hook_type: int) -> HandlerDecorator:
         """The hook called ``name``; raises ``HookNotFound``."""
@@ -172,8 +179,34 @@ def bundle_entry(bundle: Path) -> Path | None:
     return None
 
 
+def bundle_parts(bundle: Path) -> list[Path]:
+    """The parts of a merged bundle (``"a.zip,b.zip"``: the gateway unpacks each into its
+    own subfolder of one root, which has no manifest of its own); ``[]`` otherwise."""
+    if (bundle / "manifest.json").is_file():
+        return []
+    return sorted(p for p in bundle.iterdir() if (p / "manifest.json").is_file())
+
+
+def merge_registries(label: str, parts: list[Registry]) -> Registry:
+    """One table over several parts; each handler keeps its part's scope. A name defined
+    by two parts is a ``PluginLoadError``."""
+    merged = Registry(label)
+    for part in parts:
+        for table, into in ((part.hooks, merged.hooks), (part.events, merged.events)):
+            for name, handler in table.items():
+                if name in into:
+                    raise PluginLoadError(f"{label}: {name!r} is defined by two bundle parts")
+                into[name] = handler
+                if part.scope is not None:
+                    merged.scopes[id(handler)] = part.scope
+    return merged
+
+
 def load_bundle(bundle: Path) -> Registry:
     label = f"bundle {bundle.name}"
+    parts = bundle_parts(bundle)
+    if parts:
+        return merge_registries(label, [load_bundle(part) for part in parts])
     entry = bundle_entry(bundle)
     if entry is None:
         return Registry(label)
@@ -203,7 +236,11 @@ class BundleSet:
         if self.root is None:
             return
         direct = self.root / bundle_hash
-        if bundle_hash and (direct / "manifest.json").is_file():
+        if (
+            bundle_hash
+            and direct.is_dir()
+            and ((direct / "manifest.json").is_file() or bundle_parts(direct))
+        ):
             self._paths[bundle_hash] = direct
             return
         try:
@@ -215,7 +252,7 @@ class BundleSet:
         self._mtime = mtime
         self._pending = False
         for path in sorted(self.root.iterdir()):
-            if (path / "manifest.json").is_file():
+            if (path / "manifest.json").is_file() or (path.is_dir() and bundle_parts(path)):
                 for key in bundle_keys(path.name):
                     self._paths.setdefault(key, path)
             elif path.is_dir():
@@ -287,7 +324,8 @@ class Runtime:
             if bundle is not None and bundle.hooks:
                 registry = bundle
                 self._api_bundles[obj.spec.get("APIID", "")] = bundle
-        return registry.hook(obj.hook_name, obj.hook_type), registry.scope
+        handler = registry.hook(obj.hook_name, obj.hook_type)
+        return handler, registry.scope_of(handler)
 
     def _resolve_event(self, name: str, api_id: str) -> Target | None:
         chain = [self.event_handlers, self.middleware]
@@ -296,10 +334,12 @@ class Runtime:
             chain.insert(0, bundle)
         for registry in chain:
             if name in registry.events:
-                return registry.events[name], registry.scope
+                handler = registry.events[name]
+                return handler, registry.scope_of(handler)
         owners = [r for r in self.bundles.loaded() if name in r.events]
         if len(owners) == 1:
-            return owners[0].events[name], owners[0].scope
+            handler = owners[0].events[name]
+            return handler, owners[0].scope_of(handler)
         return None
 
     def trigger_event(self, name: str, payload: str) -> int:
