@@ -10,7 +10,8 @@ Scopes (each one hook table, each with its own import isolation, see ``scope.py`
   them), else ``md5(name)`` (and ``md5(name + ".zip")``), matching ``spec["bundle_hash"]``.
   A directory without ``manifest.json`` whose subfolders have one is a merged bundle
   (the gateway's layout for ``"a.zip,b.zip"``): each part loads in its own scope and
-  their hooks form one table. Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
+  their hooks form one table.
+  Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
   entry, else ``middleware.py``. A bundle with no Python entry (a gRPC-only bundle whose
   manifest only carries ``custom_middleware``) has no hooks.
 
