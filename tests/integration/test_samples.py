@@ -41,16 +41,19 @@ def test_auth_sample_accepts_the_key_and_rejects_others(samples):
     assert "nope" not in samples.log()
 
 
-def test_auth_with_empty_hook_name_uses_the_only_auth_hook(samples):
+def test_auth_with_empty_hook_name_is_refused_not_guessed(samples):
+    # middleware/ holds exactly one 4-argument hook (MyAuthCheck): it must not run.
     reply = samples.dispatch("", hook_type="auth", headers={"Authorization": VALID_KEY})
-    assert reply.session.metadata["token"] == VALID_KEY
+    assert "token" not in reply.session.metadata
+    assert reply.request.return_overrides.response_code == 403
 
 
 def test_response_sample_adds_a_response_header(samples):
     reply = samples.dispatch("AppendHeader", hook_type="response")
     assert reply.response.headers["Myresponseheader"] == "Myresponsevalue"
     assert reply.response.status_code == 200
-    assert reply.response.raw_body == make_object("AppendHeader", hook_type="response").response.raw_body
+    sent = make_object("AppendHeader", hook_type="response")
+    assert reply.response.raw_body == sent.response.raw_body
 
 
 def test_counter_sample_counts_across_workers(samples):

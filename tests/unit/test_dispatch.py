@@ -163,9 +163,18 @@ def test_typed_custom_key_check_and_response_work(runtime: Runtime) -> None:
 # --- empty hook name for auth ------------------------------------------------------
 
 
-def test_empty_auth_hook_name_uses_the_only_custom_key_check(runtime: Runtime) -> None:
-    reply = call(runtime, gateway_object(AUTH, ""))
-    assert reply.session.metadata["token"] == "typed"
+def test_empty_auth_hook_name_is_refused_with_403_never_guessed(runtime: Runtime) -> None:
+    # The runtime has exactly one @CustomKeyCheck: it must not run for an empty name.
+    sent = gateway_object(AUTH, "")
+    reply = call(runtime, sent)
+    assert "token" not in reply.session.metadata
+    assert reply.request.return_overrides.response_code == 403
+    assert reply.request.return_overrides.headers[answers.ANSWER_HEADER] == "no_hook"
+
+
+def test_unknown_named_auth_hook_fails_closed(runtime: Runtime) -> None:
+    sent = gateway_object(AUTH, "NoSuchAuthHook")
+    assert_error_answer(call(runtime, sent), sent, answers.Reason.NO_HOOK)
 
 
 def test_empty_hook_name_for_non_auth_hook_is_not_found(runtime: Runtime) -> None:

@@ -22,6 +22,8 @@ Object: on any failure it is the *original* request bytes plus an ``answers`` fr
 so half-done mutations of a failed hook never reach the gateway:
 
 * payload is not an Object          -> ``Reason.BAD_REQUEST`` (400) fragment alone
+* auth call with an empty hook name -> 403 ``Plugin auth hook not named`` (``no_hook``),
+                                       as the gateway's own drivers refuse it; no lookup
 * no handler for the name           -> ``Reason.NO_HOOK`` (500)
 * handler raised, returned a wrong
   shape, has an unusable argument
@@ -89,6 +91,14 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
     )
     active_call.api_id = context.api_id
     with call_context(context):
+        if obj.hook_type == common_pb2.CustomKeyCheck and not obj.hook_name:
+            calls_log.warning(
+                "auth call with an empty hook name (API %s has no auth_check.name): refused",
+                context.api_id,
+                extra=context.log_extra(),
+            )
+            active_call.failure = Reason.NO_HOOK.code
+            return payload + _UNNAMED_AUTH
         try:
             handler, scope = resolve(obj)
         except HookNotFound as exc:
@@ -121,6 +131,12 @@ def drop_ignored_copies(obj: object_pb2.Object) -> None:
     obj.request.ClearField("body")
     if obj.HasField("response"):
         obj.response.ClearField("body")
+
+
+#: The answer to an auth call without a hook name: 403, the gateway's own drivers' status.
+_UNNAMED_AUTH: Final = answers.override_fragment(
+    common_pb2.CustomKeyCheck, 403, "Plugin auth hook not named", Reason.NO_HOOK.code
+)
 
 
 def _failure(payload: bytes, obj: object_pb2.Object, reason: Reason) -> bytes:

@@ -8,6 +8,9 @@ Scopes (each one hook table, each with its own import isolation, see ``scope.py`
 * each bundle under ``bundles``: a directory holding ``manifest.json``. Its key is its
   name when that is 32 hex digits (already named by the hash, as the gateway unpacks
   them), else ``md5(name)`` (and ``md5(name + ".zip")``), matching ``spec["bundle_hash"]``.
+  A directory without ``manifest.json`` whose subfolders have one is a merged bundle
+  (the gateway's layout for ``"a.zip,b.zip"``): each part loads in its own scope and
+  their hooks form one table.
   Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
   entry, else ``middleware.py``. A bundle with no Python entry (a gRPC-only bundle whose
   manifest only carries ``custom_middleware``) has no hooks.
@@ -19,8 +22,8 @@ in one scope are a ``PluginLoadError`` naming both places, never a silent overri
 Lookup of a Dispatch call: the bundle named by ``spec["bundle_hash"]`` if it is loaded and
 has hooks (strict: a missing name there is "hook not found"), else the middleware table.
 Bundles that appear after start are loaded on first use (the bundles directory is
-re-listed when its mtime changes). An auth call with ``hook_name == ""`` uses the scope's
-only ``@CustomKeyCheck`` handler, else its only 4-argument ``@Hook``, else "not found".
+re-listed when its mtime changes). An empty hook name is never matched to a handler
+(``dispatch`` refuses an auth call with one before lookup, with 403).
 
 Invariants: ``load_runtime`` imports every scope that exists at start and raises
 ``PluginLoadError`` (file, line, traceback) if any fails, so a bad reload never replaces
@@ -40,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from tykworker._proto import coprocess_common_pb2 as common_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.config import Settings
 from tykworker.errors import HookNotFound, PluginLoadError
@@ -49,7 +51,7 @@ from tykworker.worker import tyk as shims
 from tykworker.worker.dispatch import Target, dispatch, dispatch_event, run_event
 from tykworker.worker.scope import Scope, install_finder
 from tykworker.worker.tyk import gateway as gateway_api
-from tykworker.worker.tyk.decorators import CustomKeyCheck, HandlerDecorator, collecting
+from tykworker.worker.tyk.decorators import HandlerDecorator, collecting
 from tykworker.worker.tyk.event import TykEvent
 
 log = logging.getLogger("tykworker.plugins")
@@ -69,23 +71,19 @@ class Registry:
     scope: Scope | None = None
     hooks: dict[str, HandlerDecorator] = field(default_factory=dict)
     events: dict[str, HandlerDecorator] = field(default_factory=dict)
+    #: Per-handler scopes of a merged bundle (each part has its own); else ``scope``.
+    scopes: dict[int, Scope] = field(default_factory=dict)
+
+    def scope_of(self, handler: HandlerDecorator) -> Scope | None:
+        return self.scopes.get(id(handler), self.scope)
 
     def hook(self, name: str, hook_type: int) -> HandlerDecorator:
         """The hook called ``name``; raises ``HookNotFound``."""
-        handler = self.hooks.get(name) if name else self._auth_hook(hook_type)
+        handler = self.hooks.get(name) if name else None  # an empty name is never guessed
         if handler is None:
             shown = repr(name) if name else '"" (empty hook name)'
             raise HookNotFound(f"hook {shown} is not defined in {self.label}")
         return handler
-
-    def _auth_hook(self, hook_type: int) -> HandlerDecorator | None:
-        if hook_type != common_pb2.CustomKeyCheck:
-            return None
-        typed: list[HandlerDecorator] = [
-            h for h in self.hooks.values() if isinstance(h, CustomKeyCheck)
-        ]
-        candidates = typed or [h for h in self.hooks.values() if h.arg_count == 4]
-        return candidates[0] if len(candidates) == 1 else None
 
 
 def build_registry(
@@ -182,8 +180,34 @@ def bundle_entry(bundle: Path) -> Path | None:
     return None
 
 
+def bundle_parts(bundle: Path) -> list[Path]:
+    """The parts of a merged bundle (``"a.zip,b.zip"``: the gateway unpacks each into its
+    own subfolder of one root, which has no manifest of its own); ``[]`` otherwise."""
+    if (bundle / "manifest.json").is_file():
+        return []
+    return sorted(p for p in bundle.iterdir() if (p / "manifest.json").is_file())
+
+
+def merge_registries(label: str, parts: list[Registry]) -> Registry:
+    """One table over several parts; each handler keeps its part's scope. A name defined
+    by two parts is a ``PluginLoadError``."""
+    merged = Registry(label)
+    for part in parts:
+        for table, into in ((part.hooks, merged.hooks), (part.events, merged.events)):
+            for name, handler in table.items():
+                if name in into:
+                    raise PluginLoadError(f"{label}: {name!r} is defined by two bundle parts")
+                into[name] = handler
+                if part.scope is not None:
+                    merged.scopes[id(handler)] = part.scope
+    return merged
+
+
 def load_bundle(bundle: Path) -> Registry:
     label = f"bundle {bundle.name}"
+    parts = bundle_parts(bundle)
+    if parts:
+        return merge_registries(label, [load_bundle(part) for part in parts])
     entry = bundle_entry(bundle)
     if entry is None:
         return Registry(label)
@@ -213,7 +237,11 @@ class BundleSet:
         if self.root is None:
             return
         direct = self.root / bundle_hash
-        if bundle_hash and (direct / "manifest.json").is_file():
+        if (
+            bundle_hash
+            and direct.is_dir()
+            and ((direct / "manifest.json").is_file() or bundle_parts(direct))
+        ):
             self._paths[bundle_hash] = direct
             return
         try:
@@ -225,7 +253,7 @@ class BundleSet:
         self._mtime = mtime
         self._pending = False
         for path in sorted(self.root.iterdir()):
-            if (path / "manifest.json").is_file():
+            if (path / "manifest.json").is_file() or (path.is_dir() and bundle_parts(path)):
                 for key in bundle_keys(path.name):
                     self._paths.setdefault(key, path)
             elif path.is_dir():
@@ -297,7 +325,8 @@ class Runtime:
             if bundle is not None and bundle.hooks:
                 registry = bundle
                 self._api_bundles[obj.spec.get("APIID", "")] = bundle
-        return registry.hook(obj.hook_name, obj.hook_type), registry.scope
+        handler = registry.hook(obj.hook_name, obj.hook_type)
+        return handler, registry.scope_of(handler)
 
     def _resolve_event(self, name: str, api_id: str) -> Target | None:
         chain = [self.event_handlers, self.middleware]
@@ -306,10 +335,12 @@ class Runtime:
             chain.insert(0, bundle)
         for registry in chain:
             if name in registry.events:
-                return registry.events[name], registry.scope
+                handler = registry.events[name]
+                return handler, registry.scope_of(handler)
         owners = [r for r in self.bundles.loaded() if name in r.events]
         if len(owners) == 1:
-            return owners[0].events[name], owners[0].scope
+            handler = owners[0].events[name]
+            return handler, owners[0].scope_of(handler)
         return None
 
     def trigger_event(self, name: str, payload: str) -> int:

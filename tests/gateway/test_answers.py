@@ -1,0 +1,83 @@
+"""tykworker's own answers as the gateway renders them, and a tykworker restart under a
+running gateway."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import pytest
+
+from tests.gateway.harness import api
+
+pytestmark = pytest.mark.gateway
+
+
+@pytest.fixture(scope="module")
+def failing(stack):
+    target = stack.upstream.url + "/fail/"
+    stack.gateway.put_apis(
+        api(
+            "slow",
+            "/slow/",
+            target,
+            custom_middleware={"driver": "grpc", "pre": [{"name": "GwSleep"}]},
+        ),
+        api(
+            "crash",
+            "/crash/",
+            target,
+            custom_middleware={"driver": "grpc", "pre": [{"name": "GwCrash"}]},
+        ),
+        api(
+            "plain",
+            "/plain/",
+            target,
+            custom_middleware={"driver": "grpc", "pre": [{"name": "GwEcho"}]},
+        ),
+    )
+    return stack
+
+
+def test_timeout_is_504(failing):
+    answer = failing.get("/slow/x", headers={"X-Sleep": "10"})
+    assert answer.status == 504
+    assert json.loads(answer.body) == {"error": "Plugin timeout"}
+    assert answer.headers.get("X-Tykworker-Error") == "timeout"
+
+
+def test_crash_is_502(failing):
+    answer = failing.get("/crash/x")
+    assert answer.status == 502
+    assert json.loads(answer.body) == {"error": "Plugin crashed"}
+    assert answer.headers.get("X-Tykworker-Error") == "crash"
+
+
+def test_gateway_reconnects_after_a_tykworker_restart(failing):
+    assert failing.get("/plain/x").status == 200
+    failing.restart_server()
+    assert failing.get("/plain/x").status == 200
+
+
+def test_sighup_under_load_gives_no_non_2xx(failing):
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            statuses.append(failing.get("/plain/x").status)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(3):
+            failing.server.signal(signal.SIGHUP)
+            failing.server.wait_notify("READY=1")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert len(statuses) > 20
+    assert [s for s in statuses if not 200 <= s < 300] == []
