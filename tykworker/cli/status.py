@@ -70,4 +70,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
