@@ -54,7 +54,14 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bench" / "bin"
 PLUGINS = ROOT / "bench" / "plugins"
-SHARED_GATEWAY = ROOT.parent / "shared" / "tyk-gateway"
+SHARED_GATEWAY = next(
+    (
+        p
+        for p in (ROOT.parent / "shared" / "tyk-gateway", Path("/work/shared/tyk-gateway"))
+        if p.is_dir()
+    ),
+    ROOT.parent / "shared" / "tyk-gateway",
+)
 HOSTS = ("none", "embedded", "tykworker", "grpcio")
 HOOKS: dict[str, dict[str, Any]] = {
     "trivial": {"hook": "Trivial", "kind": "pre"},

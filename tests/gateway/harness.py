@@ -39,13 +39,22 @@ ERROR_TEMPLATE = '{\n    "error": "{{.Message}}"\n}'
 
 
 def find_gateway() -> str | None:
-    """The gateway executable: ``$TYKWORKER_TEST_GATEWAY``, else ``../shared/tyk-gateway/unpack``
-    relative to the repository root (it prints the unpacked binary's path), else ``None``."""
+    """The gateway executable: ``$TYKWORKER_TEST_GATEWAY``, else the ``unpack`` script of
+    ``../shared/tyk-gateway`` next to the repository (or the workplace's
+    ``/work/shared/tyk-gateway``), which prints the unpacked binary's path; else ``None``."""
     configured = os.environ.get("TYKWORKER_TEST_GATEWAY")
     if configured:
         return configured
-    unpack = ROOT.parent / "shared" / "tyk-gateway" / "unpack"
-    if not unpack.is_file():
+    candidates = [ROOT.parent / "shared", Path("/work/shared")]
+    unpack = next(
+        (
+            c / "tyk-gateway" / "unpack"
+            for c in candidates
+            if (c / "tyk-gateway" / "unpack").is_file()
+        ),
+        None,
+    )
+    if unpack is None:
         return None
     out = subprocess.run([str(unpack)], capture_output=True, text=True, timeout=120, check=True)
     return out.stdout.strip().splitlines()[-1]
