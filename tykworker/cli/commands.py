@@ -111,9 +111,9 @@ def _supervisor_pid(settings: Settings) -> int:
 
 def _verify_supervisor(settings: Settings, pid: int) -> None:
     """Refuse (ConfigError) unless ``pid`` is this server's supervisor: its process title
-    names this socket, it runs as the owner of the runtime directory, and it is not a
-    child of another tykworker process (plugin code can write the pid file and set its
-    own title, but it runs under a worker)."""
+    names this socket, it runs as the owner of the runtime directory, and no process above
+    it has that title too (plugin code can write the pid file and give a process of its own
+    the supervisor's title, but that process descends from the real supervisor)."""
     import psutil
 
     expected = f"tykworker: supervisor {settings.socket}"
@@ -121,14 +121,13 @@ def _verify_supervisor(settings: Settings, pid: int) -> None:
         proc = psutil.Process(pid)
         title = " ".join(proc.cmdline()).strip()
         uid = proc.uids().real
-        parent = proc.parent()
-        parent_title = " ".join(parent.cmdline()) if parent is not None else ""
+        above = [" ".join(p.cmdline()).strip() for p in proc.parents()]
         owner = settings.resolved_runtime_dir().stat().st_uid
     except (psutil.Error, OSError) as exc:
         raise ConfigError(
             f"pid {pid} from supervisor.pid is not a running tykworker: {exc}"
         ) from exc
-    if title != expected or uid != owner or parent_title.startswith("tykworker: "):
+    if title != expected or uid != owner or expected in above:
         raise ConfigError(
             f"pid {pid} from supervisor.pid is not the supervisor of {settings.socket} "
             f"({title!r}, uid {uid}; the runtime directory belongs to uid {owner}): not signalled"
