@@ -164,8 +164,15 @@ def test_metrics_count_calls_answers_and_restarts_across_worker_churn(start_serv
     server = start_server(
         "--workers", "2", "--metrics", str(path), "--hook-timeout-for", "post=0.5"
     )  # fmt: skip
-    first = wait_for(lambda: (s := scrape_unix(path)) and value(s, "tykworker_serving") and s)
-    assert value(first, "tykworker_workers", state="idle") == 2
+    # serving as soon as one worker is ready: wait for both (the second may still import)
+    wait_for(
+        lambda: (
+            (s := scrape_unix(path))
+            and value(s, "tykworker_serving")
+            and value(s, "tykworker_workers", state="idle") == 2
+            and s
+        )
+    )
     for _ in range(5):
         server.dispatch("Echo")
     for _ in range(2):
