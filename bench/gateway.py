@@ -62,7 +62,15 @@ SHARED_GATEWAY = next(
     ),
     ROOT.parent / "shared" / "tyk-gateway",
 )
-HOSTS = ("none", "embedded", "tykworker", "grpcio")
+HOSTS = ("none", "embedded", "tykworker", "grpcio", "tykworker-nopipe")
+#: host variants: name -> (host kind, extra ``tykworker serve`` flags)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "tykworker-nopipe": ("tykworker", ["--pipeline-depth", "1"]),  # pipelining off
+}
+
+
+def kind_of(host: str) -> str:
+    return VARIANTS.get(host, (host, []))[0]
 HOOKS: dict[str, dict[str, Any]] = {
     "trivial": {"hook": "Trivial", "kind": "pre"},
     "cpu": {"hook": "CpuBound", "kind": "pre"},
@@ -242,8 +250,9 @@ def start_upstream(tmp: Path) -> tuple[Proc, int]:
     return proc, port
 
 
-def start_host(kind: str, tmp: Path, python: Path, workers: int) -> tuple[Proc | None, Path]:
-    sock = tmp / f"{kind}.sock"
+def start_host(host: str, tmp: Path, python: Path, workers: int) -> tuple[Proc | None, Path]:
+    sock = tmp / f"{host}.sock"
+    kind, extra = VARIANTS.get(host, (host, []))
     if kind == "tykworker":
         argv = [
             str(python),
@@ -260,6 +269,7 @@ def start_host(kind: str, tmp: Path, python: Path, workers: int) -> tuple[Proc |
             str(tmp / "tw-run"),
             "--log-level",
             "warning",
+            *extra,
         ]
     elif kind == "grpcio":
         argv = [
@@ -272,7 +282,7 @@ def start_host(kind: str, tmp: Path, python: Path, workers: int) -> tuple[Proc |
         ]
     else:
         return None, sock
-    proc = spawn(kind, argv, tmp, cwd=tmp)
+    proc = spawn(host, argv, tmp, cwd=tmp)
     wait_for(lambda: sock.exists() or proc.popen.poll() is not None, f"{kind} socket")
     if proc.popen.poll() is not None:
         raise RuntimeError(f"{kind} exited: {proc.log_path.read_text()[-2000:]}")
@@ -351,7 +361,7 @@ def gateway_config(
         if host == "embedded":
             write_bundle(middleware, name, hook)
     coprocess: dict[str, Any] = {"enable_coprocess": host != "none"}
-    if host in ("tykworker", "grpcio"):
+    if kind_of(host) in ("tykworker", "grpcio"):
         coprocess["coprocess_grpc_server"] = f"unix://{sock}"
     if host == "embedded":
         coprocess["python_path_prefix"] = str(SHARED_GATEWAY)
@@ -613,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedded": "Tyk's embedded driver, gateway-linked libpython3.11 (Debian)",
         "tykworker": interpreter_label(python),
         "grpcio": interpreter_label(python),
+        "tykworker-nopipe": f"{interpreter_label(python)}, --pipeline-depth 1",
         "none": "no plugin",
     }
     with tempfile.TemporaryDirectory(prefix="tw-gwbench-") as t:

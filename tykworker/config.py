@@ -127,6 +127,12 @@ class Settings:
         (), "hook types answered by echoing the request on timeout/crash/overload", _parse_hook_list
     )
     queue_size: int = _setting(1024, "calls waiting for a worker before overload answers", int)
+    pipeline_depth: int = _setting(
+        4, "calls a busy worker may be sent ahead when none is idle (1 = off)", int
+    )
+    pipeline_fast_ms: float = _setting(
+        2.0, "only hooks averaging at most this many ms per call are sent ahead", float
+    )
     max_message_mb: int = _setting(64, "largest gRPC/raw message accepted or sent, MiB", int)
     max_requests: int = _setting(0, "recycle a worker after this many calls (0 = never)", int)
     max_requests_jitter: int = _setting(0, "random extra calls added to --max-requests", int)
@@ -348,6 +354,8 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         (s.hook_timeout > 0, "hook_timeout", "must be positive"),
         (all(v > 0 for v in s.hook_timeout_for.values()), "hook_timeout_for", "must be positive"),
         (s.queue_size >= 0, "queue_size", "must be >= 0"),
+        (1 <= s.pipeline_depth <= 64, "pipeline_depth", "must be between 1 and 64"),
+        (s.pipeline_fast_ms >= 0, "pipeline_fast_ms", "must be >= 0"),
         (s.max_message_mb >= 1, "max_message_mb", "must be >= 1"),
         (s.max_requests >= 0, "max_requests", "must be >= 0"),
         (s.max_requests_jitter >= 0, "max_requests_jitter", "must be >= 0"),

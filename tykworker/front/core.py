@@ -95,7 +95,14 @@ class Front:
     def __init__(self, settings: Settings, spec: FrontSpec) -> None:
         self.settings = settings
         self.spec = spec
-        self.router = Router(queue_limit=settings.queue_size)
+        self.router = Router(
+            queue_limit=settings.queue_size,
+            depth=settings.pipeline_depth,
+            fast_limit=settings.pipeline_fast_ms / 1000,
+        )
+        # Frames for workers, per bridge connection, written once per loop iteration.
+        self.outbox: dict[int, list[bytes]] = {}
+        self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, _Pending] = {}
         self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
@@ -177,14 +184,31 @@ class Front:
         self.board.write_header(queue_depth=len(self.router.queue), calls=self.counters.calls)
 
     def _send(self, conn_id: int, call: Call) -> None:
+        """Queue ``call``'s frame for its worker; every frame queued in this loop iteration
+        goes out in one write (``_flush``): a socket write and a wake-up of the worker are
+        the front's main per-call costs."""
         if self.stats is not None:
             self.stats.observe_queue_wait(time.monotonic() - call.arrived_at)
-        link = self.links[conn_id]
         header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
-        if len(call.payload) < 65536:  # one send() syscall per call: the front's main cost
-            link.write(header + call.payload)
-        else:  # large: two writes beat copying the payload
-            link.writelines((header, call.payload))
+        parts = self.outbox.get(conn_id)
+        if parts is None:
+            parts = self.outbox[conn_id] = []
+        parts += (header, call.payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self.outbox = self.outbox, {}
+        for conn_id, parts in outbox.items():
+            link = self.links.get(conn_id)
+            if link is None:  # the worker left since: its calls were answered or rerouted
+                continue
+            if sum(map(len, parts)) >= 65536:  # large payloads: gathered, not copied
+                link.writelines(parts)
+            else:
+                link.write(b"".join(parts))
 
     def _resolve(self, call: Call, reply: bytes) -> None:
         """The router is done with ``call``: deliver its one answer and disarm its
@@ -263,7 +287,7 @@ class Front:
         self.links[conn_id] = link
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
-        self._apply(self.router.join(worker))
+        self._apply(self.router.join(worker, time.monotonic()))
         self.health.notify()
 
     def worker_left(self, conn_id: int) -> None:
@@ -275,7 +299,8 @@ class Front:
 
     def on_worker_frame(self, conn_id: int, frame: Frame) -> None:
         if frame.kind == FrameKind.REPLY:
-            self._apply(self.router.reply(conn_id, frame.call_id, frame.payload))
+            now = time.monotonic()
+            self._apply(self.router.reply(conn_id, frame.call_id, frame.payload, now))
         elif frame.kind == FrameKind.DRAIN:
             self._apply(self.router.drain(conn_id))
             self.health.notify()
@@ -293,10 +318,10 @@ class Front:
             log.warning("bridge connection %d: bad control message dropped: %s", conn_id, exc)
             return
         worker = self.router.workers.get(conn_id)
-        call = worker.call if worker else None
-        if not isinstance(message, control.Failed) or call is None:
+        if not isinstance(message, control.Failed) or worker is None:
             return
-        if call.call_id != frame.call_id:
+        call = next((c for c in worker.calls if c.call_id == frame.call_id), None)
+        if call is None:
             return  # the call was already answered (timeout): it is counted there
         self.counters.errors += 1
         self.board.write_header(errors=self.counters.errors)
@@ -438,7 +463,15 @@ class Front:
 
 
 class _WorkerLink(asyncio.Protocol):
-    """One bridge connection: decodes the worker's frames and hands them to the front."""
+    """One bridge connection: decodes the worker's frames and hands them to the front.
+
+    Invariant: every byte the worker wrote is read before the front hears that the
+    connection is gone. A write to a worker that just died (calls sent ahead) makes the
+    event loop close the transport at once, dropping replies still in the socket; so the
+    link keeps a duplicate of the socket's descriptor and reads the rest from it in
+    ``connection_lost`` (the front must know which calls the worker answered before it
+    died: the first unanswered one is the one that killed it, the others never ran).
+    """
 
     def __init__(self, front: Front) -> None:
         self.front = front
@@ -446,12 +479,23 @@ class _WorkerLink(asyncio.Protocol):
         self.decoder = FrameDecoder(front.settings.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.joined = False
+        self.spare: int | None = None  # dup of the socket's fd, for the last bytes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(AttributeError, OSError):
+            self.spare = os.dup(sock.fileno())
+            os.set_blocking(self.spare, False)
 
     def data_received(self, data: bytes) -> None:
+        if not self._consume(data) and self.transport is not None:
+            self.transport.close()
+
+    def _consume(self, data: bytes) -> bool:
+        """Hand the complete frames in ``data`` to the front; False if the stream is
+        broken (it cannot be resynchronised: the connection must close)."""
         front = self.front
         try:
             self.decoder.feed(data)
@@ -461,14 +505,29 @@ class _WorkerLink(asyncio.Protocol):
                 elif self.transport is not None:
                     front.worker_joined(self.conn_id, frame, self.transport)
                     self.joined = True
-        except ProtocolError as exc:  # the stream cannot be resynchronised: close it
+        except ProtocolError as exc:
             log.error("bridge connection %d broken: %s", self.conn_id, exc)
-            if self.transport is not None:
-                self.transport.close()
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.spare is not None:
+            self._read_rest(self.spare)
+            os.close(self.spare)
+            self.spare = None
         self.transport = None
         self.front.worker_left(self.conn_id)
+
+    def _read_rest(self, fd: int) -> None:
+        """What the worker wrote that the event loop did not read (bounded: the socket's
+        buffer, then end of file or an error)."""
+        while self.joined:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:  # EAGAIN (nothing left), ECONNRESET
+                return
+            if not data or not self._consume(data):
+                return
 
 
 def _peer_pid(link: asyncio.BaseTransport) -> int | None:

@@ -9,12 +9,14 @@ Life of a worker (forked by the supervisor, never returns into supervisor code):
 2. import plugins (``plugins.load_runtime``); failure -> traceback logged, exit code 3;
 3. send HELLO on the bridge, report ``ready`` to the supervisor on the worker's own
    channel, and close that channel (plugin code keeps no descriptor of the supervisor's);
-4. loop: read a frame, run the hook, write the REPLY frame with the same call id;
+4. loop: read what the front sent (perhaps several calls), run each call in order and
+   write its REPLY frame (same call id) before starting the next (``_run_batch``);
 5. leave gracefully on SIGTERM, after ``max_requests`` calls or above ``max_rss_mb``:
    send DRAIN, keep serving whatever the front already sent, exit 0 when the front closes
    the connection. SIGQUIT/SIGINT exit at once. Bridge EOF or a new parent pid -> exit.
 
-Invariant: one call at a time; every DISPATCH/EVENT frame received gets exactly one REPLY
+Invariant: one call at a time, in the order received; every DISPATCH/EVENT frame received
+gets exactly one REPLY
 (the runtime never raises for plugin errors). A call the plugin failed (hook raised, no such
 hook, bad payload) is announced by a CONTROL frame ``{"op": "failed", "reason": code}``
 with the same call id right before its REPLY, so the front can count plugin errors without
@@ -56,6 +58,7 @@ from tykworker.wire.scoreboard import Scoreboard, SlotState
 log = logging.getLogger("tykworker.worker")
 
 _RECV_SIZE = 1 << 20  # bytes per bridge read
+_IOV_MAX = 512  # buffers per sendmsg (the kernel's limit is 1024)
 
 
 class _Signals:
@@ -99,6 +102,8 @@ class Worker:
         self.process = psutil.Process()
         self.rss = 0
         self.label = f"worker {spec.seat} gen {spec.generation}"
+        self.out: list[bytes] = []  # frames made, not yet sent (``_flush``)
+        self.doing = "starting"  # the process title's last word(s)
 
     def run(self) -> int:
         signals = _Signals()
@@ -139,7 +144,7 @@ class Worker:
             bridge.sendall(encode_frame(FrameKind.HELLO, 0, control.encode(hello)))
             self._report_ready()
             self._set_state(SlotState.IDLE)
-            proctitle.set(f"{self.label} idle")
+            self._title("idle")
             if self.settings.slow_call_threshold > 0:
                 logs.SlowCallLog(self.settings.slow_call_threshold).start()
             return self._serve(bridge, runtime, signals)
@@ -173,7 +178,8 @@ class Worker:
             if signals.quit:
                 return ExitCode.OK
             if signals.drain and not self.draining:
-                self._start_drain(bridge, "SIGTERM")
+                self._start_drain("SIGTERM")
+                self._flush(bridge)
             signals.busy = False
             for key, _ in selector.select(timeout=5.0):
                 if key.fileobj is signals.wake_r:
@@ -188,8 +194,7 @@ class Worker:
                 signals.busy = True
                 try:
                     decoder.feed(view[:size])
-                    while (frame := decoder.next_frame()) is not None:
-                        self._handle(bridge, runtime, frame.kind, frame.call_id, frame.payload)
+                    self._run_batch(bridge, runtime, decoder)
                 except ProtocolError as exc:
                     log.error("bridge protocol error: %s", exc)
                     return ExitCode.ERROR
@@ -197,9 +202,23 @@ class Worker:
                 log.warning("supervisor went away; exiting")
                 return ExitCode.OK
 
-    def _handle(
-        self, bridge: socket.socket, runtime: _Runtime, kind: int, call_id: int, payload: bytes
-    ) -> None:
+    def _run_batch(self, bridge: socket.socket, runtime: _Runtime, decoder: FrameDecoder) -> None:
+        """Run every call whose frame is complete, in order: under load the front sends
+        calls ahead (front/router.py), so the worker finds the next one without sleeping.
+        Each reply is sent before the next call starts: if that call kills the worker, the
+        front knows which one did (the first it has no reply for) and that the others
+        never ran (it routes them again)."""
+        handled = False
+        while (frame := decoder.next_frame()) is not None:
+            self._handle(runtime, frame.kind, frame.call_id, frame.payload)
+            if not self.draining:
+                self._check_recycle()
+            self._flush(bridge)
+            handled = True
+        if handled:
+            self._title("draining" if self.draining else "idle")
+
+    def _handle(self, runtime: _Runtime, kind: int, call_id: int, payload: bytes) -> None:
         if kind == FrameKind.DISPATCH:
             hook, run = peek_object_header(payload)[1], runtime.dispatch
         elif kind == FrameKind.EVENT:
@@ -209,32 +228,43 @@ class Worker:
             return
         logs.begin_call(call_id, hook)
         self._set_state(SlotState.BUSY, call_id, hook)
-        proctitle.set(f"{self.label} running {hook or '?'}")
+        self._title(f"running {hook or '?'}")
         reply = run(payload)
         logs.end_call()
         head = encode_header(FrameKind.REPLY, call_id, len(reply))
         if logs.active_call.failure:  # tell the front before the reply (its metrics)
             failed = control.Failed(logs.active_call.failure)
             head = control.encode_frame_of(failed, call_id) + head
-        _send_all(bridge, head, reply)
+        self.out += (head, reply)
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
-        proctitle.set(f"{self.label} {'draining' if self.draining else 'idle'}")
-        if not self.draining:
-            self._check_recycle(bridge)
 
-    def _check_recycle(self, bridge: socket.socket) -> None:
+    def _title(self, doing: str) -> None:
+        """The process title says what the worker does (``ps``); set only on a change
+        (a system call each)."""
+        if doing != self.doing:
+            self.doing = doing
+            proctitle.set(f"{self.label} {doing}")
+
+    def _flush(self, bridge: socket.socket) -> None:
+        """Send the frames made so far, in order."""
+        if self.out:
+            out, self.out = self.out, []
+            _send_all(bridge, out)
+
+    def _check_recycle(self) -> None:
         if self.settings.max_requests and self.calls >= self.limit:
-            self._start_drain(bridge, f"served {self.calls} calls")
+            self._start_drain(f"served {self.calls} calls")
         elif self.settings.max_rss_mb and self.rss > self.settings.max_rss_mb * 1024 * 1024:
-            self._start_drain(bridge, f"RSS {self.rss // (1024 * 1024)} MiB over the limit")
+            self._start_drain(f"RSS {self.rss // (1024 * 1024)} MiB over the limit")
 
-    def _start_drain(self, bridge: socket.socket, why: str) -> None:
+    def _start_drain(self, why: str) -> None:
+        """Queue DRAIN after the replies made so far (sent with them)."""
         log.info("%s leaving: %s", self.label, why)
         self.draining = True
-        bridge.sendall(encode_frame(FrameKind.DRAIN, 0))
+        self.out.append(encode_frame(FrameKind.DRAIN, 0))
         self._set_state(SlotState.DRAINING)
-        proctitle.set(f"{self.label} draining")
+        self._title("draining")
 
     def _set_state(self, state: SlotState, call_id: int = 0, hook: str = "") -> None:
         # RSS costs a /proc read: measure after every call only when recycling by memory.
@@ -263,19 +293,24 @@ class _Runtime(Protocol):
     def close(self) -> None: ...
 
 
-def _send_all(sock: socket.socket, head: bytes, body: bytes) -> None:
-    """``head + body`` without copying a large body: one ``sendmsg`` of both buffers,
-    continued with ``sendall`` if the kernel took only part of it."""
-    if len(body) < 65536:
-        sock.sendall(head + body)
+def _send_all(sock: socket.socket, parts: list[bytes]) -> None:
+    """All of ``parts``, in order, without copying large ones: small batches are joined
+    into one ``send``; larger ones go out by ``sendmsg`` (gathered), continued with
+    ``sendall`` from wherever the kernel stopped."""
+    total = sum(map(len, parts))
+    if total < 65536:
+        sock.sendall(b"".join(parts))
         return
-    sent = sock.sendmsg([head, body])
-    if sent < len(head):
-        sock.sendall(head[sent:])
-        sent = len(head)
-    if sent - len(head) < len(body):
-        with memoryview(body) as view:
-            sock.sendall(view[sent - len(head) :])
+    for start in range(0, len(parts), _IOV_MAX):
+        chunk = parts[start : start + _IOV_MAX]
+        sent = sock.sendmsg(chunk)
+        for part in chunk:
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            with memoryview(part) as view:
+                sock.sendall(view[sent:])
+            sent = 0
 
 
 def run_worker(settings: Settings, spec: WorkerSpec) -> int:
