@@ -20,8 +20,13 @@ Invariants:
 * Every header block is HPACK-decoded, including blocks of refused or ignored streams.
 * The input buffer holds at most one incomplete frame; a partial frame is not re-parsed
   until enough bytes for it have arrived (no quadratic cost for large frames).
-* Connection receive credit is returned as DATA is read (memory is bounded by stream
-  windows x MAX_CONCURRENT_STREAMS); stream windows fit a whole message.
+* Connection receive credit is returned as DATA is read; stream windows fit a whole
+  message. What that lets a client send is bounded by ``buffered`` instead: incomplete
+  requests + answers held by flow control never pass ``limits.connection_buffer`` (nor the
+  pool's limit over all connections): the DATA frame that would is a stream error
+  ENHANCE_YOUR_CALM, a new stream without room for one whole message is REFUSED_STREAM,
+  an answer that does not fit is RESOURCE_EXHAUSTED (``streams.py``).
+* No reference cycle: a connection is freed by reference counting once its driver drops it.
 """
 
 from __future__ import annotations
@@ -269,8 +274,11 @@ class H2Connection(StreamTable):
             message = bytes(memoryview(stream.body)[5:])
         stream.body = None
         stream.message = None
-        if stream.held:  # the message leaves the buffer: the driver counts calls in flight
-            self._release(stream, stream.held)
+        held = stream.held
+        if held:  # the message leaves the buffer (the driver counts calls in flight); inline
+            stream.held = 0
+            self.buffered -= held
+            self.pool.used -= held
         if message is None or (head.kind is None and not head.health):
             what = "a truncated message" if stream.received else "no message"
             self._answer_status(stream, Status.INTERNAL, f"request ended with {what}")
@@ -350,7 +358,9 @@ class H2Connection(StreamTable):
         if len(self._streams) + len(self._zombies) >= limits.max_streams:
             self._stream_error(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        if self.over_buffer(limits.max_message):  # no room for one more whole message
+        pool = self.pool
+        room = limits.connection_buffer - self.buffered
+        if room < limits.max_message or pool.limit - pool.used < limits.max_message:
             self.notices.append(
                 f"stream {stream_id} refused (REFUSED_STREAM): {self.buffered} bytes held for "
                 f"this connection, {self.pool.used} in all: no room for one more message"

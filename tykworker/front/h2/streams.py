@@ -12,6 +12,9 @@ Invariants:
 * A stream leaves ``streams`` exactly once, recorded in ``closed`` as ENDED, RESET_BY_US or
   RESET_BY_PEER; if its call is still running it becomes a zombie until the driver's
   answer arrives (zombies count against MAX_CONCURRENT_STREAMS).
+* ``buffered`` is the sum of ``held`` over the open streams, and is counted in ``pool``
+  too: every way out of a stream (answered, reset, expired, connection error,
+  ``release``) gives its bytes back. Bounds checks are O(1) comparisons of counters.
 """
 
 from __future__ import annotations
