@@ -390,20 +390,7 @@ def test_raw_socket_pauses_reading_a_client_that_pipelines_without_reading(start
     before = rss(server)
     payload = make_object("Echo", body=b"r" * 65536).SerializeToString()
     frame = encode_frame(FrameKind.DISPATCH, 1, payload)
-    sent = calls = 0
-    pending = b""
-    while calls < 20000:  # 1.3 GiB if the front never stopped reading
-        if not pending:
-            pending, calls = frame, calls + 1
-        try:
-            n = sock.send(pending)
-        except BlockingIOError:
-            _, writable, _ = select.select([], [sock], [], 3.0)
-            if not writable:  # the front stopped reading from us for 3 s: backpressure
-                break
-            continue
-        sent += n
-        pending = pending[n:]
+    calls, sent = pipeline(sock, frame, 20000)  # 1.3 GiB if the front never stopped reading
     grown = rss(server) - before
     print(
         f"\nraw pipelining without reading: stopped after {calls} calls ({sent >> 20} MiB); "
@@ -422,3 +409,70 @@ def test_raw_socket_pauses_reading_a_client_that_pipelines_without_reading(start
     assert answers >= calls - 1  # every call read is answered (the last may be partial)
     sock.close()
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
+
+
+def pipeline(sock: socket.socket, frame: bytes, most: int) -> tuple[int, int]:
+    """Send ``frame`` up to ``most`` times on a non-blocking socket, until the peer stops
+    reading (not writable for 3 s: the condition is the front's backpressure). Returns
+    (frames started, bytes sent); the last frame may be partial."""
+    sent = calls = 0
+    pending = b""
+    while calls < most or pending:
+        if not pending:
+            pending, calls = frame, calls + 1
+        try:
+            n = sock.send(pending)
+        except BlockingIOError:
+            _, writable, _ = select.select([], [sock], [], 3.0)
+            if not writable:
+                break
+            continue
+        sent += n
+        pending = pending[n:]
+    return calls, sent
+
+
+def test_raw_socket_pauses_reading_while_its_calls_in_flight_hold_too_much(
+    start_server, workdir, gate
+):
+    """A client that reads its replies but pipelines faster than the workers answer: its
+    calls in flight are bounded (8 MiB here), not the queue (raised to 100,000)."""
+    raw = str(workdir / "raw.sock")
+    server = start_server(
+        "--workers", "2", "--raw-socket", raw, "--queue-size", "100000", "--max-message-mb", "4",
+        env=limits(connection_buffer_mb=8),
+    )  # fmt: skip
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(raw)
+    replies: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        decoder = FrameDecoder(8 * MIB)
+        with contextlib.suppress(OSError):
+            while data := sock.recv(1 << 20):
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    replies.append(frame.kind)
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    before = rss(server)
+    payload = make_object("Gate", headers={"Gate": str(gate)}, body=b"g" * 65536)
+    frame = encode_frame(FrameKind.DISPATCH, 7, payload.SerializeToString())
+    sock.setblocking(False)
+    calls, sent = pipeline(sock, frame, 5000)  # 320 MiB if the front never stopped reading
+    grown = rss(server) - before
+    print(
+        f"\nraw pipelining, workers held: reading paused after {calls} calls "
+        f"({sent >> 20} MiB); front RSS +{grown >> 20} MiB"
+    )
+    assert calls < 5000 and grown < 8 * MIB + 24 * MIB
+    gate.touch()  # the workers answer: reading resumes, every call sent is answered
+    sock.setblocking(True)
+    sock.sendall(b"" if sent % len(frame) == 0 else frame[sent % len(frame) :])
+    sock.shutdown(socket.SHUT_WR)
+    wait_for(done.is_set, timeout=120, what="every reply")
+    assert replies == [FrameKind.REPLY] * calls
+    sock.close()
