@@ -235,6 +235,32 @@ def _closed_by_peer(sock: socket.socket) -> bool:
     return True
 
 
+def test_over_the_cap_a_new_connection_is_refused_and_a_freed_slot_is_reused(start_server, clients):
+    server = start_server("--workers", "1", env=limits(max_connections=3))
+    held = [H2Client(server.socket) for _ in range(3)]
+    clients += held
+    for client in held:
+        client.send(client.preface())
+        client.ping()  # handshake done: never evicted
+    late = H2Client(server.socket)
+    clients.append(late)
+    late.wait(lambda c: c.eof)
+    assert late.goaway() == ErrorCode.ENHANCE_YOUR_CALM
+    assert b"too many connections" in late.frames[-1].payload
+    held[0].close()
+    payload = echo_payload()
+
+    def admitted_and_answered() -> bool:  # once the server has seen the client leave
+        client = H2Client(server.socket)
+        clients.append(client)
+        client.send(client.preface() + client.call(1, payload))
+        client.wait(lambda c: c.eof or c.status(1) is not None)
+        return client.status(1) == 0
+
+    wait_for(admitted_and_answered, what="a call on the freed slot")
+    wait_for(lambda: "over the cap of 3 connections (refused)" in server.log(), what="log")
+
+
 def test_preface_idle_and_body_timeouts_close_what_waits_on_the_client(start_server, clients):
     server = start_server(
         "--workers", "1", env=limits(preface_timeout=0.3, idle_timeout=0.6, body_timeout=0.4)

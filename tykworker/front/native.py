@@ -56,7 +56,6 @@ class H2Protocol(asyncio.Protocol):
         self.server = server
         self.conn = H2Connection(server.limits, pool=server.guard.pool)
         self.transport: asyncio.Transport | None = None
-        self.admitted = False
         self._born = 0.0
         self._idle_since = 0.0
         self._idle_mark = -1  # conn.last_stream_id at the last tick that found it idle
@@ -72,14 +71,12 @@ class H2Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = cast(asyncio.Transport, transport)
-        if not self.server.guard.admit(self):
+        if not self.server.guard.admit(self):  # the cap: our SETTINGS, then GOAWAY, closed
+            goaway = h2frames.goaway(0, ErrorCode.ENHANCE_YOUR_CALM, b"too many connections")
+            self.transport.write(self.conn.data_to_send() + goaway)
             self.conn.release()
-            self.transport.write(
-                h2frames.goaway(0, ErrorCode.REFUSED_STREAM, b"too many connections")
-            )
             self.transport.close()
             return
-        self.admitted = True
         self._born = self._loop.time()
         self.server.protocols.add(self)
         if self.server.stopping:
