@@ -154,10 +154,42 @@ class Settings:
     slow_call_threshold: float = _setting(
         0.0, "log the Python stack of calls running longer than this, seconds (0 = off)", float
     )
+    max_connections: int = _setting(
+        0,
+        "public connections (gRPC + raw) held at once; 0 = the descriptor limit minus a reserve",
+        int,
+    )
+    preface_timeout: float = _setting(
+        10.0, "seconds a new HTTP/2 connection has to send its preface and SETTINGS", float
+    )
+    idle_timeout: float = _setting(
+        600.0, "close a connection without calls for this many seconds (0 = never)", float
+    )
+    body_timeout: float = _setting(
+        60.0, "seconds a request (or an answer held by flow control) may wait on the client", float
+    )
+    connection_buffer_mb: int = _setting(
+        128,
+        "incomplete requests + answers held for a client, MiB per connection (>= max_message_mb)",
+        int,
+    )
+    total_buffer_mb: int = _setting(
+        512, "the same bytes summed over all connections, MiB (>= connection_buffer_mb)", int
+    )
 
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def connection_buffer_bytes(self) -> int:
+        """Per-connection buffer bound: never below one message of ``max_message_mb``."""
+        return max(self.connection_buffer_mb, self.max_message_mb + 1) * 1024 * 1024
+
+    @property
+    def total_buffer_bytes(self) -> int:
+        """Bound over all connections: never below one connection's."""
+        return max(self.total_buffer_mb * 1024 * 1024, self.connection_buffer_bytes)
 
     def timeout_for(self, hook: str) -> float:
         """Deadline in seconds for a hook type name (see ``HOOK_TYPES``)."""
@@ -362,6 +394,12 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         (s.max_rss_mb >= 0, "max_rss_mb", "must be >= 0"),
         (s.graceful_timeout >= 0, "graceful_timeout", "must be >= 0"),
         (s.slow_call_threshold >= 0, "slow_call_threshold", "must be >= 0"),
+        (s.max_connections >= 0, "max_connections", "must be >= 0"),
+        (s.preface_timeout > 0, "preface_timeout", "must be positive"),
+        (s.idle_timeout >= 0, "idle_timeout", "must be >= 0"),
+        (s.body_timeout > 0, "body_timeout", "must be positive"),
+        (s.connection_buffer_mb >= 1, "connection_buffer_mb", "must be >= 1"),
+        (s.total_buffer_mb >= 1, "total_buffer_mb", "must be >= 1"),
         (
             s.metrics is None or metrics_address(s.metrics) is not None,
             "metrics",
@@ -398,7 +436,8 @@ LIVE_SETTINGS: Final = ("hook_timeout", "hook_timeout_for", "fail_open", "queue_
 #: Settings bound when a process starts: changing them needs a restart (SIGHUP logs it).
 RESTART_ONLY: Final = (
     "socket", "raw_socket", "socket_mode", "socket_group", "front", "max_message_mb",
-    "metrics", "runtime_dir", "user", "group",
+    "metrics", "runtime_dir", "user", "group", "max_connections", "preface_timeout",
+    "idle_timeout", "body_timeout", "connection_buffer_mb", "total_buffer_mb",
 )  # fmt: skip
 
 

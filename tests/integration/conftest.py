@@ -85,7 +85,13 @@ def make_object(
 class Server:
     """One running ``tykworker serve`` process tree."""
 
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
+    ):
         self.workdir = workdir
         self.socket = str(workdir / "tyk.sock")
         self.args = args
@@ -108,6 +114,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=preexec,
         )
         self._channel: grpc.Channel | None = None
 
@@ -243,7 +250,8 @@ def busy_with(server: Server, hook: str) -> set[int]:
 
 @pytest.fixture
 def start_server(workdir: Path) -> Iterator[Callable[..., Server]]:
-    """Factory: ``start_server(*args, plugins=dir, ready=True)`` -> running Server."""
+    """Factory: ``start_server(*args, plugins=dir, ready=True)`` -> running Server
+    (``preexec``: run in the child before exec, e.g. to lower its resource limits)."""
     servers: list[Server] = []
 
     def start(
@@ -252,6 +260,7 @@ def start_server(workdir: Path) -> Iterator[Callable[..., Server]]:
         events: Path | None = None,
         ready: bool = True,
         env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> Server:
         plugin_dir = workdir / "middleware"
         if not plugin_dir.exists():
@@ -260,7 +269,7 @@ def start_server(workdir: Path) -> Iterator[Callable[..., Server]]:
         if not event_dir.exists():
             shutil.copytree(events or EVENTS, event_dir)
         base = ["--middleware", str(plugin_dir), "--event-handlers", str(event_dir)]
-        server = Server(workdir, [*base, *args], env)
+        server = Server(workdir, [*base, *args], env, preexec)
         servers.append(server)
         return server.wait_ready() if ready else server
 

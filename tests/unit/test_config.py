@@ -52,6 +52,21 @@ def test_defaults_without_any_layer() -> None:
     assert s.raw_socket is None
     assert s.redis_url is None
     assert s.max_message_bytes == 64 * 1024 * 1024
+    assert (s.max_connections, s.preface_timeout, s.idle_timeout, s.body_timeout) == (
+        0,
+        10,
+        600,
+        60,
+    )
+    assert s.connection_buffer_bytes == 128 * 1024 * 1024
+    assert s.total_buffer_bytes == 512 * 1024 * 1024
+
+
+def test_buffer_bounds_never_go_below_one_message_or_one_connection() -> None:
+    s = load_settings(
+        {}, environ={"TYKWORKER_MAX_MESSAGE_MB": "200", "TYKWORKER_TOTAL_BUFFER_MB": "1"}
+    )
+    assert s.connection_buffer_bytes == 201 * 1024 * 1024 == s.total_buffer_bytes
 
 
 def test_load_settings_ignores_the_process_environment_when_given_one(
@@ -271,6 +286,12 @@ def test_unparsable_values_name_source_and_key(
         ("max_requests_jitter", "-5", "must be >= 0"),
         ("max_rss_mb", "-1", "must be >= 0"),
         ("graceful_timeout", "-0.5", "must be >= 0"),
+        ("max_connections", "-1", "must be >= 0"),
+        ("preface_timeout", "0", "must be positive"),
+        ("idle_timeout", "-1", "must be >= 0"),
+        ("body_timeout", "0", "must be positive"),
+        ("connection_buffer_mb", "0", "must be >= 1"),
+        ("total_buffer_mb", "0", "must be >= 1"),
         ("fail_open", "pre,auth", "auth hooks cannot fail open"),
         ("socket_mode", "0666", "must not grant access to others"),
         ("socket_mode", "0661", "must not grant access to others"),

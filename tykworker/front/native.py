@@ -10,7 +10,15 @@ Invariants:
   GOAWAY) is written with a single ``transport.write``; answers that complete later are
   batched by one ``call_soon`` flush per loop iteration.
 * Backpressure: reading pauses while the calls in flight on a connection hold more than
-  ``buffer_limit`` payload bytes, or while the transport's write buffer is full.
+  ``buffer_limit`` payload bytes, or while the transport's write buffer is full. Answers
+  held by flow control are bounded in the sans-IO connection (new streams refused, answers
+  over the bound replaced by RESOURCE_EXHAUSTED): reading goes on there, because the
+  client's WINDOW_UPDATE that releases them must be read. An answer that would push the
+  transport's write buffer (a client that does not read at all) past the connection's
+  buffer bound is replaced by RESOURCE_EXHAUSTED.
+* Every connection is admitted by the front's ``Guard`` (cap, preface/idle/body
+  timeouts, the shared ``BufferPool``) and leaves it when lost; its counted bytes go back
+  to the pool then.
 * ``stop(grace)``: stop accepting, GOAWAY(NO_ERROR) on every connection, wait up to
   ``grace`` for the streams already opened to be answered, then close everything.
 """
@@ -28,9 +36,12 @@ from typing import Any, cast
 
 from tykworker.config import Settings, parse_address
 from tykworker.front import health as health_service
+from tykworker.front.guard import Guard
+from tykworker.front.h2 import frames as h2frames
 from tykworker.front.h2.conn import H2Connection
+from tykworker.front.h2.frames import ErrorCode
 from tykworker.front.h2.heads import Status
-from tykworker.front.h2.state import CallEvent, Limits
+from tykworker.front.h2.state import BufferPool, CallEvent, Limits
 from tykworker.system import sockets
 from tykworker.wire.frames import FrameKind
 
@@ -43,8 +54,11 @@ Handler = Callable[[FrameKind, bytes, "float | None", Callable[[bytes], None]], 
 class H2Protocol(asyncio.Protocol):
     def __init__(self, server: NativeServer) -> None:
         self.server = server
-        self.conn = H2Connection(server.limits)
+        self.conn = H2Connection(server.limits, pool=server.guard.pool)
         self.transport: asyncio.Transport | None = None
+        self._born = 0.0
+        self._idle_since = 0.0
+        self._idle_mark = -1  # conn.last_stream_id at the last tick that found it idle
         self.watches: set[asyncio.Task[None]] = set()
         self.inflight_bytes = 0
         self._flush_scheduled = False
@@ -57,6 +71,13 @@ class H2Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = cast(asyncio.Transport, transport)
+        if not self.server.guard.admit(self):  # the cap: our SETTINGS, then GOAWAY, closed
+            goaway = h2frames.goaway(0, ErrorCode.ENHANCE_YOUR_CALM, b"too many connections")
+            self.transport.write(self.conn.data_to_send() + goaway)
+            self.conn.release()
+            self.transport.close()
+            return
+        self._born = self._loop.time()
         self.server.protocols.add(self)
         if self.server.stopping:
             self.conn.drain()
@@ -65,20 +86,62 @@ class H2Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for event in self.conn.receive(data):
             self._start(event)
+        if self.conn.notices:
+            self._log_notices()
         if self.conn.error is not None and self.conn.closed:
             code, message = self.conn.error
             log.warning("HTTP/2 connection error %s: %s", code.name, message)
         self._flush()
+
+    def _log_notices(self) -> None:
+        for notice in self.conn.notices:
+            log.warning("HTTP/2: %s", notice)
+        self.conn.notices.clear()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; answers in flight are dropped
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.conn.release()  # its held bytes go back to the pool
         for task in list(self.watches):
             task.cancel()
+        self.server.guard.leave(self)
         self.server.protocols.discard(self)
         self.server.changed()
+
+    # --- the guard (cap and timeouts; front/guard.py) -------------------------------------
+    @property
+    def handshaking(self) -> bool:
+        return not self.conn.started
+
+    def evict(self) -> None:
+        self.abort()
+
+    def tick(self, now: float) -> str | None:
+        """Preface, idle and body timeouts (called by the guard's timer)."""
+        guard, conn = self.server.guard, self.conn
+        if self.transport is None:
+            return None
+        if not conn.started:
+            if now - self._born >= guard.preface_timeout:
+                self.abort()
+                return f"no HTTP/2 preface and SETTINGS within {guard.preface_timeout:g} s"
+            return None
+        if not conn.idle:
+            self._idle_since = 0.0
+            if conn.expire(now, guard.body_timeout):
+                self._log_notices()
+                self._flush()
+            return None
+        if not guard.idle_timeout or conn.draining:
+            return None
+        if not self._idle_since or conn.last_stream_id != self._idle_mark:
+            self._idle_since, self._idle_mark = now, conn.last_stream_id
+        elif now - self._idle_since >= guard.idle_timeout:
+            self.drain()  # GOAWAY(NO_ERROR); closed once written (nothing is open)
+            return f"idle for {guard.idle_timeout:g} s (GOAWAY NO_ERROR)"
+        return None
 
     def pause_writing(self) -> None:
         self._paused_write = True
@@ -106,9 +169,14 @@ class H2Protocol(asyncio.Protocol):
 
     def _answered(self, stream_id: int, size: int, reply: bytes) -> None:
         self.inflight_bytes -= size
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return  # the client went away; the call was still routed and answered
-        self.conn.respond(stream_id, reply)
+        if self._paused_write and self._unread(transport, len(reply)):
+            message = "answer not sent: the client does not read its answers"
+            self.conn.respond_status(stream_id, Status.RESOURCE_EXHAUSTED, message)
+        else:
+            self.conn.respond(stream_id, reply)
         if self._paused_memory:
             self._update_reading()
         self._schedule_flush()
@@ -167,6 +235,13 @@ class H2Protocol(asyncio.Protocol):
         if self.conn.finished:
             transport.close()
 
+    def _unread(self, transport: asyncio.Transport, extra: int) -> bool:
+        """True if ``extra`` more bytes in the write buffer would pass the bound."""
+        if transport.get_write_buffer_size() + extra <= self.conn.limits.connection_buffer:
+            return False
+        log.warning("HTTP/2: answer replaced by RESOURCE_EXHAUSTED: the client does not read")
+        return True
+
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -197,8 +272,10 @@ class NativeServer:
         limits: Limits,
         buffer_limit: int,
         health: health_service.Health | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.handler = handler
+        self.guard = guard or Guard(1 << 30, 10.0, 0.0, 60.0, BufferPool(1 << 62))
         self.health = health
         self.limits = limits
         self.limits_buffer = buffer_limit
@@ -254,9 +331,11 @@ async def start_native(
 ) -> NativeServer:
     """Bind ``settings.socket`` (Unix: mode and stale-socket rules of ``ipc``) and serve.
     ``health`` serves ``grpc.health.v1.Health`` (Check and Watch) on the same socket."""
-    limits = Limits(max_message=settings.max_message_bytes)
+    limits = Limits(
+        max_message=settings.max_message_bytes, connection_buffer=settings.connection_buffer_bytes
+    )
     buffer_limit = 2 * settings.max_message_bytes
-    server = NativeServer(handler, limits, buffer_limit, health)
+    server = NativeServer(handler, limits, buffer_limit, health, Guard.shared(settings))
     kind, address = parse_address(settings.socket)
     if kind == "unix":
         sock = sockets.bind_unix_listener(

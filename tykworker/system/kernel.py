@@ -1,5 +1,5 @@
 """Process credentials and Linux ``prctl``: parent-death signal, subreaper, privilege drop;
-descriptors a forked child must not keep.
+descriptors a forked child must not keep; the descriptor limit.
 
 ``drop_privileges`` does setgroups, setgid, setuid, in that order, then re-arms the
 parent-death signal the kernel clears on a credential change.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -45,3 +46,17 @@ def close_fds_except(keep: set[int]) -> None:
             os.closerange(low, fd)
         low = max(low, fd + 1)
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (no privilege needed;
+    an unlimited hard limit counts as 2**20); returns the soft limit in effect afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return target if soft == resource.RLIM_INFINITY else soft

@@ -75,6 +75,13 @@ def BigBody(request, session, spec):
 
 
 @Hook  # noqa: F405
+def Inflate(request, session, spec):
+    """A small request, a large answer: a body of ``Size`` bytes."""
+    request.object.raw_body = b"i" * int(request.get_header("Size") or "0")
+    return request, session
+
+
+@Hook  # noqa: F405
 def Store(request, session, spec):
     key = request.get_header("Key")
     if request.object.method == "PUT":

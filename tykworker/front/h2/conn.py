@@ -20,8 +20,13 @@ Invariants:
 * Every header block is HPACK-decoded, including blocks of refused or ignored streams.
 * The input buffer holds at most one incomplete frame; a partial frame is not re-parsed
   until enough bytes for it have arrived (no quadratic cost for large frames).
-* Connection receive credit is returned as DATA is read (memory is bounded by stream
-  windows x MAX_CONCURRENT_STREAMS); stream windows fit a whole message.
+* Connection receive credit is returned as DATA is read; stream windows fit a whole
+  message. What that lets a client send is bounded by ``buffered`` instead: incomplete
+  requests + answers held by flow control never pass ``limits.connection_buffer`` (nor the
+  pool's limit over all connections): the DATA frame that would is a stream error
+  ENHANCE_YOUR_CALM, a new stream without room for one whole message is REFUSED_STREAM,
+  an answer that does not fit is RESOURCE_EXHAUSTED (``streams.py``).
+* No reference cycle: a connection is freed by reference counting once its driver drops it.
 """
 
 from __future__ import annotations
@@ -38,7 +43,14 @@ from tykworker.errors import H2ConnectionError
 from tykworker.front.h2 import frames as f
 from tykworker.front.h2.frames import ErrorCode, FrameType, Setting
 from tykworker.front.h2.heads import HeaderDecoder, Status, trailers_valid
-from tykworker.front.h2.state import RESET_BY_PEER, RESET_BY_US, CallEvent, Limits, Stream
+from tykworker.front.h2.state import (
+    RESET_BY_PEER,
+    RESET_BY_US,
+    BufferPool,
+    CallEvent,
+    Limits,
+    Stream,
+)
 from tykworker.front.h2.streams import PREFIX, StreamTable
 
 CONN_WINDOW: Final = f.MAX_WINDOW
@@ -48,8 +60,13 @@ _U32: Final = struct.Struct(">L")
 class H2Connection(StreamTable):
     """One client connection, server side."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(limits, clock)
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        pool: BufferPool | None = None,
+    ) -> None:
+        super().__init__(limits, clock, pool)
         self._decoder = HeaderDecoder(limits.max_header_list, limits.hard_header_list)
         self._events: list[CallEvent] = []
         self._pending: list[bytes] = []
@@ -63,18 +80,6 @@ class H2Connection(StreamTable):
         self._block_bad_priority = False
         self._recv_window = CONN_WINDOW
         self._recv_unacked = 0
-        self._handlers: dict[int, Callable[[int, int, memoryview], None]] = {
-            FrameType.DATA: self._on_data,
-            FrameType.HEADERS: self._on_headers,
-            FrameType.PRIORITY: self._on_priority,
-            FrameType.RST_STREAM: self._on_rst_stream,
-            FrameType.SETTINGS: self._on_settings,
-            FrameType.PUSH_PROMISE: self._on_push_promise,
-            FrameType.PING: self._on_ping,
-            FrameType.GOAWAY: self._on_goaway,
-            FrameType.WINDOW_UPDATE: self._on_window_update,
-            FrameType.CONTINUATION: self._on_continuation,
-        }
         settings = {
             Setting.MAX_CONCURRENT_STREAMS: limits.max_streams,
             Setting.INITIAL_WINDOW_SIZE: limits.stream_window,
@@ -83,6 +88,11 @@ class H2Connection(StreamTable):
         self._out += [f.settings(settings), f.window_update(0, CONN_WINDOW - f.DEFAULT_WINDOW)]
 
     # --- public API -----------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """The client's preface and first SETTINGS frame have arrived."""
+        return self._settings_seen
+
     def receive(self, data: bytes) -> list[CallEvent]:
         """Feed bytes read from the peer; returns the calls they complete."""
         if self.closed or not data:
@@ -156,9 +166,9 @@ class H2Connection(StreamTable):
             raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
         if not self._settings_seen and kind != FrameType.SETTINGS:
             raise H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "preface not followed by SETTINGS")
-        handler = self._handlers.get(kind)
+        handler = _HANDLERS.get(kind)
         if handler is not None:
-            handler(flags, stream_id, payload)
+            handler(self, flags, stream_id, payload)
         elif not self._control.spend():  # unknown frame types are ignored (RFC 9113 §5.5)
             raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "too many unknown frames")
 
@@ -202,10 +212,18 @@ class H2Connection(StreamTable):
         if stream.message is not None:
             self._answer_status(stream, Status.INTERNAL, "more than one request message")
             return
+        n = len(data)
+        pool = self.pool
+        if self.buffered + n > self.limits.connection_buffer or pool.used + n > pool.limit:
+            self._over_buffer(stream)
+            return
+        stream.held += n  # _hold, inline: this is every call's path
+        self.buffered += n
+        pool.used += n
         if stream.body is None:
-            if len(data) >= 5:
+            if n >= 5:
                 flag, length = PREFIX.unpack_from(data)
-                if flag == 0 and len(data) == 5 + length <= 5 + self.limits.max_message:
+                if flag == 0 and n == 5 + length <= 5 + self.limits.max_message:
                     stream.message = bytes(data[5:])  # the common case: one frame, one message
                     return
             stream.body = bytearray()
@@ -220,6 +238,15 @@ class H2Connection(StreamTable):
             stream.expected = 5 + length
         if 0 <= stream.expected < len(body):
             self._answer_status(stream, Status.INTERNAL, "more than one request message")
+
+    def _over_buffer(self, stream: Stream) -> None:
+        """Incomplete requests would hold more than the bound: RST_STREAM(ENHANCE_YOUR_CALM)."""
+        self.notices.append(
+            f"stream {stream.stream_id} reset (ENHANCE_YOUR_CALM): incomplete requests hold "
+            f"{self.buffered} bytes on this connection, {self.pool.used} in all "
+            f"(bounds {self.limits.connection_buffer} and {self.pool.limit})"
+        )
+        self._stream_error(stream.stream_id, ErrorCode.ENHANCE_YOUR_CALM)
 
     def _prefix_problem(self, flag: int, length: int) -> tuple[Status, str] | None:
         if flag == 1:
@@ -247,6 +274,11 @@ class H2Connection(StreamTable):
             message = bytes(memoryview(stream.body)[5:])
         stream.body = None
         stream.message = None
+        held = stream.held
+        if held:  # the message leaves the buffer (the driver counts calls in flight); inline
+            stream.held = 0
+            self.buffered -= held
+            self.pool.used -= held
         if message is None or (head.kind is None and not head.health):
             what = "a truncated message" if stream.received else "no message"
             self._answer_status(stream, Status.INTERNAL, f"request ended with {what}")
@@ -322,10 +354,19 @@ class H2Connection(StreamTable):
         if bad_priority or head.malformed is not None:
             self._stream_error(stream_id, ErrorCode.PROTOCOL_ERROR)
             return
-        if len(self._streams) + len(self._zombies) >= self.limits.max_streams:
+        limits = self.limits
+        if len(self._streams) + len(self._zombies) >= limits.max_streams:
             self._stream_error(stream_id, ErrorCode.REFUSED_STREAM)
             return
-        limits = self.limits
+        pool = self.pool
+        room = limits.connection_buffer - self.buffered
+        if room < limits.max_message or pool.limit - pool.used < limits.max_message:
+            self.notices.append(
+                f"stream {stream_id} refused (REFUSED_STREAM): {self.buffered} bytes held for "
+                f"this connection, {self.pool.used} in all: no room for one more message"
+            )
+            self._stream_error(stream_id, ErrorCode.REFUSED_STREAM)
+            return
         stream = Stream(stream_id, head, limits.stream_window, self._peer_initial_window)
         self._streams[stream_id] = stream
         if flags & f.END_STREAM:
@@ -455,3 +496,20 @@ def _hpack_errors() -> Iterator[None]:
         raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from exc
     except (hpack.HPACKError, IndexError, ValueError) as exc:
         raise H2ConnectionError(ErrorCode.COMPRESSION_ERROR, f"HPACK: {exc}") from exc
+
+
+#: Frame type -> handler. Unbound functions on the class, not bound methods stored on each
+#: connection: a dict of bound methods would be a reference cycle (connection -> dict ->
+#: method -> connection), freed only by the cyclic GC, holding every buffered body with it.
+_HANDLERS: Final[dict[int, Callable[[H2Connection, int, int, memoryview], None]]] = {
+    FrameType.DATA: H2Connection._on_data,
+    FrameType.HEADERS: H2Connection._on_headers,
+    FrameType.PRIORITY: H2Connection._on_priority,
+    FrameType.RST_STREAM: H2Connection._on_rst_stream,
+    FrameType.SETTINGS: H2Connection._on_settings,
+    FrameType.PUSH_PROMISE: H2Connection._on_push_promise,
+    FrameType.PING: H2Connection._on_ping,
+    FrameType.GOAWAY: H2Connection._on_goaway,
+    FrameType.WINDOW_UPDATE: H2Connection._on_window_update,
+    FrameType.CONTINUATION: H2Connection._on_continuation,
+}

@@ -15,6 +15,8 @@ Invariants:
   and any change of the table (insertion, eviction, size update) clears the cache.
 * Every header block is decoded, even for streams that are refused or ignored, so the
   HPACK state never diverges from the peer's encoder.
+* The cache never holds more than ``CACHE_ENTRIES`` heads nor more than ``CACHE_BYTES``
+  bytes of blocks and refusal texts: a block that does not fit is decoded every time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ METHODS: Final = {
     SERVICE_PREFIX + b"DispatchEvent": FrameKind.EVENT,
 }
 HEALTH: Final = {b"/grpc.health.v1.Health/Check": "Check", b"/grpc.health.v1.Health/Watch": "Watch"}
-_CACHE_LIMIT: Final = 256
+#: Bound of the decoded-block cache of one connection: entries, and bytes of the blocks
+#: (the keys) plus any refusal text (the values). grpc-go needs 1-3 entries of < 300 bytes.
+CACHE_ENTRIES: Final = 64
+CACHE_BYTES: Final = 64 * 1024
 _TIMEOUT_UNITS: Final = {
     ord("H"): 3600.0,
     ord("M"): 60.0,
@@ -94,6 +99,7 @@ class HeaderDecoder:
         self.max_header_list = max_header_list
         self._decoder = hpack.Decoder(max_header_list_size=hard_limit)
         self._cache: dict[bytes, RequestHead] = {}
+        self.cache_bytes = 0
         self._table: Any = self._decoder.header_table
         self._state = self._table_state()
 
@@ -111,9 +117,13 @@ class HeaderDecoder:
         the dynamic table changed."""
         headers: list[tuple[bytes, bytes]] = list(self._decoder.decode(block, raw=True))
         if self._table_changed():
-            self._cache.clear()
-            self._state = self._table_state()
+            self._clear()
         return headers
+
+    def _clear(self) -> None:
+        self._cache.clear()
+        self.cache_bytes = 0
+        self._state = self._table_state()
 
     def request(self, block: bytes) -> RequestHead:
         """The request head of ``block``, from the cache when valid."""
@@ -123,10 +133,13 @@ class HeaderDecoder:
         headers: list[tuple[bytes, bytes]] = list(self._decoder.decode(block, raw=True))
         head = parse_request(headers, self.max_header_list)
         if self._table_changed():
-            self._cache.clear()
-            self._state = self._table_state()
-        elif len(self._cache) < _CACHE_LIMIT:
-            self._cache[block] = head
+            self._clear()
+        elif len(self._cache) < CACHE_ENTRIES:
+            cost = len(block) + len(head.malformed or "")
+            cost += len(head.refusal.message) if head.refusal else 0
+            if self.cache_bytes + cost <= CACHE_BYTES:
+                self._cache[block] = head
+                self.cache_bytes += cost
         return head
 
 

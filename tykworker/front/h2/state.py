@@ -8,11 +8,14 @@
   making progress (PING, SETTINGS, PRIORITY, empty DATA, resets). Tokens refill with time
   and with every answered call, so a busy, well-behaved client never runs out.
 * ``CallEvent``: what the connection hands to its driver: one complete request message.
+* ``BufferPool``: the bytes held over all connections of a front (the total bound).
 
 Invariants:
 * ``Stream.body`` never holds more than ``5 + max_message`` bytes: the connection checks
   the gRPC length prefix before buffering past it.
 * A ``Budget`` never holds more than its capacity.
+* ``Stream.held`` is exactly the bytes of ``body``/``message``, then of ``out``, that the
+  connection counts in its ``buffered`` and its pool's ``used``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class Limits:
     reset_rate: float = 50.0
     #: CONTINUATION frames allowed in one header block
     max_continuations: int = 128
+    #: bytes held for one connection: incomplete request messages + answers held by flow
+    #: control (the ``connection_buffer_mb`` setting); at least one whole message
+    connection_buffer: int = 128 * 1024 * 1024
 
     @property
     def stream_window(self) -> int:
@@ -52,6 +58,16 @@ class Limits:
     def max_header_block(self) -> int:
         """Largest encoded header block buffered before decoding."""
         return self.hard_header_list
+
+
+@dataclass(slots=True, eq=False)
+class BufferPool:
+    """Bytes held by every connection that shares this pool (the front's total bound,
+    ``total_buffer_mb``). Connections add and remove their own bytes; ``used`` is their
+    sum. A plain counter: O(1), no lock (one event loop)."""
+
+    limit: int
+    used: int = 0
 
 
 @dataclass(slots=True)
@@ -88,6 +104,8 @@ class Stream:
     out: list[memoryview] = field(default_factory=list)  # answer DATA held by flow control
     trailers: bytes | None = None  # header block sent after ``out`` with END_STREAM
     data_end: bool = False  # END_STREAM on the last DATA frame (HTTP refusals: no trailers)
+    held: int = 0  # bytes of body/message or of ``out`` counted in the connection's buffer
+    waiting_since: float = -1.0  # first sweep that saw it waiting on the client (-1: not)
 
 
 @dataclass(slots=True)

@@ -12,6 +12,9 @@ Invariants:
 * A stream leaves ``streams`` exactly once, recorded in ``closed`` as ENDED, RESET_BY_US or
   RESET_BY_PEER; if its call is still running it becomes a zombie until the driver's
   answer arrives (zombies count against MAX_CONCURRENT_STREAMS).
+* ``buffered`` is the sum of ``held`` over the open streams, and is counted in ``pool``
+  too: every way out of a stream (answered, reset, expired, connection error,
+  ``release``) gives its bytes back. Bounds checks are O(1) comparisons of counters.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ from tykworker.front.h2.heads import (
     status_fields,
     trailers_only,
 )
-from tykworker.front.h2.state import ENDED, RESET_BY_PEER, RESET_BY_US, Budget, Limits, Stream
+from tykworker.front.h2.state import (
+    ENDED,
+    RESET_BY_PEER,
+    RESET_BY_US,
+    Budget,
+    BufferPool,
+    Limits,
+    Stream,
+)
 
 _RECENT_CLOSED: Final = 1024
 # One pack for: HEADERS frame (response headers) + DATA frame header + gRPC prefix.
@@ -43,8 +54,19 @@ PREFIX: Final = struct.Struct(">BL")
 
 
 class StreamTable:
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        pool: BufferPool | None = None,
+    ) -> None:
         self.limits = limits
+        #: bytes held for this connection: incomplete requests + answers held by flow
+        #: control (never more than ``limits.connection_buffer`` + one frame's payload)
+        self.buffered = 0
+        self.pool = pool if pool is not None else BufferPool(1 << 62)
+        #: why streams were refused or reset for memory or time: the driver logs them
+        self.notices: list[str] = []
         self.closed = False
         self.draining = False
         self.error: tuple[ErrorCode, str] | None = None
@@ -81,6 +103,55 @@ class StreamTable:
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
 
+    def over_buffer(self, extra: int = 0) -> bool:
+        """True if ``extra`` more bytes would pass the connection's or the pool's bound."""
+        pool = self.pool
+        return (
+            self.buffered + extra > self.limits.connection_buffer or pool.used + extra > pool.limit
+        )
+
+    def expire(self, now: float, timeout: float) -> int:
+        """Reset (RST_STREAM CANCEL) the streams that have waited on the client for
+        ``timeout`` seconds: request not complete, or answer held by flow control. The
+        wait starts at the first ``expire`` that sees the stream waiting (called by the
+        driver every fraction of ``timeout``; no clock read per call). Returns how many."""
+        late = []
+        for stream in self._streams.values():
+            if stream.remote_closed and not stream.out:
+                stream.waiting_since = -1.0  # waiting for its worker, not for the client
+            elif stream.waiting_since < 0:
+                stream.waiting_since = now
+            elif now - stream.waiting_since >= timeout:
+                late.append(stream)
+        for stream in late:
+            self._out.append(f.rst_stream(stream.stream_id, ErrorCode.CANCEL))
+            self._forget(stream, RESET_BY_US)
+        if late:
+            what = "answers not taken" if any(s.out for s in late) else "requests incomplete"
+            self.notices.append(f"{len(late)} streams reset (CANCEL): {what} after {timeout:g} s")
+        return len(late)
+
+    def release(self) -> None:
+        """The client is gone: give every byte counted for this connection back to the pool
+        (its streams are dropped; answers that arrive later are ignored)."""
+        for stream in self._streams.values():
+            if stream.held:
+                self._release(stream, stream.held)
+        self._streams.clear()
+        self._blocked.clear()
+        self.closed = True
+
+    # --- buffer accounting ----------------------------------------------------------------
+    def _hold(self, stream: Stream, n: int) -> None:
+        stream.held += n
+        self.buffered += n
+        self.pool.used += n
+
+    def _release(self, stream: Stream, n: int) -> None:
+        stream.held -= n
+        self.buffered -= n
+        self.pool.used -= n
+
     # --- public: answers ------------------------------------------------------------------
     def respond(self, stream_id: int, payload: bytes) -> None:
         """The answer to a ``CallEvent``: HEADERS, DATA, trailers (grpc-status 0)."""
@@ -112,8 +183,14 @@ class StreamTable:
             )  # fmt: skip
             self._close_answered(stream)
             return
+        if self.over_buffer(n):  # the client does not take its answers: it gets a status
+            message = f"answer of {n} bytes not held: {self.buffered} bytes of answers unread"
+            self.notices.append(f"stream {stream_id}: {message}")
+            self._answer_status(stream, Status.RESOURCE_EXHAUSTED, message)
+            return
         self._out.append(headers_frame(stream_id, RESPONSE_HEADERS, end=False))
         stream.out.append(memoryview(PREFIX.pack(0, n - 5) + payload))
+        self._hold(stream, n)
         stream.trailers = OK_TRAILERS
         self._send(stream)
 
@@ -138,7 +215,11 @@ class StreamTable:
         stream = self._streams.get(stream_id)
         if stream is None:
             return False
+        if self.over_buffer(len(payload) + 5):
+            self._answer_status(stream, Status.RESOURCE_EXHAUSTED, "messages not taken")
+            return False
         stream.out.append(memoryview(PREFIX.pack(0, len(payload)) + payload))
+        self._hold(stream, len(payload) + 5)
         self._send(stream)
         return True
 
@@ -160,6 +241,8 @@ class StreamTable:
         stream.body = None
         stream.message = None
         stream.out.clear()
+        if stream.held:
+            self._release(stream, stream.held)
         self._blocked.pop(stream.stream_id, None)
         self._out.append(headers_frame(stream.stream_id, block, end=True))
         self._close_answered(stream)
@@ -171,7 +254,9 @@ class StreamTable:
             return
         stream.answering = True
         self._out.append(headers_frame(stream.stream_id, http_refusal(refusal), end=False))
-        stream.out.append(memoryview(refusal.message.encode() + b"\n"))
+        text = memoryview(refusal.message.encode() + b"\n")
+        stream.out.append(text)
+        self._hold(stream, len(text))
         stream.data_end = True
         self._send(stream)
 
@@ -195,6 +280,7 @@ class StreamTable:
                 piece = piece[n:]
                 self._conn_send_window -= n
                 stream.send_window -= n
+                self._release(stream, n)
             del pieces[0]
         self._blocked.pop(sid, None)
         if stream.data_end:
@@ -234,6 +320,8 @@ class StreamTable:
     def _forget(self, stream: Stream, how: int) -> None:
         sid = stream.stream_id
         del self._streams[sid]
+        if stream.held:
+            self._release(stream, stream.held)
         self._blocked.pop(sid, None)
         if stream.dispatched and not stream.answering:
             self._zombies.add(sid)
@@ -269,6 +357,9 @@ class StreamTable:
         self.error = (code, message)
         self._out.append(f.goaway(self.last_stream_id, code, message.encode()[:200]))
         self.closed = True
+        for stream in self._streams.values():
+            if stream.held:
+                self._release(stream, stream.held)
         self._streams.clear()
         self._blocked.clear()
 
