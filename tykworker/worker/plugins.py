@@ -312,6 +312,11 @@ class Runtime:
         """``coprocess.Event`` bytes -> ``EventReply`` bytes (empty). Never raises."""
         return dispatch_event(payload, self._resolve_event)
 
+    def activate(self) -> None:
+        """Point the gateway API (``store_data``, ``trigger_event``) at this runtime (a
+        worker has one runtime; an in-process test may hold several)."""
+        gateway_api.bind(self.store, self.trigger_event)
+
     def close(self) -> None:
         """Release store connections; the gateway API stops using this runtime."""
         gateway_api.bind(None, None)
@@ -384,7 +389,7 @@ def load_runtime(settings: Settings) -> Runtime:
     bundles = BundleSet(Path(settings.bundles) if settings.bundles else None)
     # Bound before any import: plugins may call the gateway API at import time.
     runtime = Runtime(Registry("middleware"), Registry("event_handlers"), bundles, store)
-    gateway_api.bind(store, runtime.trigger_event)
+    runtime.activate()
     try:
         runtime.middleware = load_directory("middleware", Path(settings.middleware))
         runtime.event_handlers = load_directory("event_handlers", Path(settings.event_handlers))
