@@ -148,6 +148,15 @@ class Settings:
     slow_call_threshold: float = _setting(
         0.0, "log the Python stack of calls running longer than this, seconds (0 = off)", float
     )
+    capture: str | None = _setting(
+        None,
+        "write each call's Object to this folder, secrets redacted, for replay "
+        "(tykworker call --object-file); development and staging only",
+        _parse_optional_str,
+    )
+    capture_every: int = _setting(1, "with capture: one call in N per worker", int)
+    capture_max_files: int = _setting(1000, "with capture: stop after this many files", int)
+    capture_max_mb: int = _setting(64, "with capture: the folder's files stay under this, MiB", int)
 
     @property
     def max_message_bytes(self) -> int:
@@ -354,6 +363,9 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         (s.max_rss_mb >= 0, "max_rss_mb", "must be >= 0"),
         (s.graceful_timeout >= 0, "graceful_timeout", "must be >= 0"),
         (s.slow_call_threshold >= 0, "slow_call_threshold", "must be >= 0"),
+        (s.capture_every >= 1, "capture_every", "must be at least 1"),
+        (s.capture_max_files >= 1, "capture_max_files", "must be at least 1"),
+        (s.capture_max_mb >= 1, "capture_max_mb", "must be at least 1"),
         (
             s.metrics is None or metrics_address(s.metrics) is not None,
             "metrics",

@@ -48,6 +48,7 @@ from tykworker.config import Settings
 from tykworker.errors import HookNotFound, PluginLoadError
 from tykworker.store import Store, open_store
 from tykworker.worker import tyk as shims
+from tykworker.worker.capture import Capture
 from tykworker.worker.dispatch import Target, dispatch, dispatch_event, run_event
 from tykworker.worker.scope import Scope, install_finder
 from tykworker.worker.tyk import gateway as gateway_api
@@ -303,9 +304,13 @@ class Runtime:
         # APIID -> bundle, learned from Dispatch calls: events carry no bundle_hash.
         self._api_bundles: dict[str, Registry] = {}
         self._event_depth = 0
+        #: ``serve --capture``: records each call before it runs; ``None`` when off.
+        self.capture: Capture | None = None
 
     def dispatch(self, payload: bytes) -> bytes:
         """``coprocess.Object`` bytes -> reply Object bytes. Never raises."""
+        if self.capture is not None and not self.capture.record(payload):
+            self.capture = None
         return dispatch(payload, self._resolve)
 
     def dispatch_event(self, payload: bytes) -> bytes:
@@ -397,4 +402,5 @@ def load_runtime(settings: Settings) -> Runtime:
     except BaseException:
         runtime.close()
         raise
+    runtime.capture = Capture.from_settings(settings)
     return runtime
