@@ -69,6 +69,15 @@ def _hook_name(name: str) -> str:
     return name
 
 
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def _parse_mode(text: str) -> int:
     return int(text, 8)
 
@@ -147,6 +156,11 @@ class Settings:
     )
     slow_call_threshold: float = _setting(
         0.0, "log the Python stack of calls running longer than this, seconds (0 = off)", float
+    )
+    reload: bool = _setting(
+        False,
+        "development: roll a reload whenever a file of the plugin folders is saved",
+        _parse_bool,
     )
     capture: str | None = _setting(
         None,
@@ -266,6 +280,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     try:
         if isinstance(value, str):
             return f.metadata["parse"](value)
+        if f.type == "bool" and isinstance(value, bool):
+            return value
         if name == "hook_timeout_for" and isinstance(value, dict):
             return {_hook_name(k): _seconds(v) for k, v in value.items()}
         if name == "fail_open" and isinstance(value, list):
@@ -315,8 +331,14 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting; parsed values stay strings (None when absent)."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
     for f in SETTINGS_FIELDS:
+        # A switch (``--reload``) may stand alone; ``--reload false`` turns it off.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if f.type == "bool" else {}
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f.metadata["help"]
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            help=f.metadata["help"],
+            **switch,
         )
 
 
@@ -402,7 +424,7 @@ LIVE_SETTINGS: Final = ("hook_timeout", "hook_timeout_for", "fail_open", "queue_
 #: Settings bound when a process starts: changing them needs a restart (SIGHUP logs it).
 RESTART_ONLY: Final = (
     "socket", "raw_socket", "socket_mode", "socket_group", "front", "max_message_mb",
-    "metrics", "runtime_dir", "user", "group",
+    "metrics", "runtime_dir", "user", "group", "reload",
 )  # fmt: skip
 
 
