@@ -185,3 +185,10 @@ def ReportSession(request, session, metadata, spec):
     request.add_header("X-Seen-Config", spec.get("config_data", ""))
     request.add_header("X-Seen-Path", request.object.url)
     return request, session, metadata
+
+
+@Hook  # noqa: F405
+def ReadStore(request, session, spec):
+    """Sets ``X-Value`` to the stored value named by the ``Key`` header."""
+    request.add_header("X-Value", tyk.get_data(request.get_header("Key")).decode())
+    return request, session
