@@ -19,7 +19,7 @@ SECRETS = {
 }
 
 
-def sent(hook: str = "Echo", body: bytes = b"hello") -> object_pb2.Object:
+def sent(hook: str = "Echo", body: bytes = b"hello tok-secret-123") -> object_pb2.Object:
     obj = objects.gateway_object(
         objects.POST, hook, headers=SECRETS, url="/x?token=tok-secret-123", body=body
     )
@@ -45,6 +45,8 @@ def test_secret_headers_and_their_copies_are_redacted_and_the_rest_round_trips()
     expected.request.url = expected.request.request_uri = "/x?token=[redacted]"
     expected.request.params["token"] = "[redacted]"
     expected.session.metadata["seen"] = "[redacted]"
+    expected.request.raw_body = b"hello [redacted]"
+    expected.request.body = "hello [redacted]"
     assert back == expected
 
 

@@ -7,8 +7,8 @@ the Object as received (proto field names; bytes in base64), so ``json_format.Pa
 (``tyk.gateway.secrets_of``): the values of the ``Authorization``, ``Proxy-Authorization``
 and ``Cookie`` request headers are replaced by ``[redacted]``, and so is every other
 occurrence of those secrets (or their parts: the token without its scheme, each cookie
-value) in the file's text. Bodies and sessions are written as received: treat DIR as
-sensitive (it is created with mode 0700, files with 0600).
+value) in the Object: URL, session, bodies. Anything else is written as received (other
+credentials in a body, say): treat DIR as sensitive (created with mode 0700, files 0600).
 
 Bounds, over all workers: at most ``capture_max_files`` files and ``capture_max_mb`` MiB
 in DIR. Each write holds an exclusive ``flock`` on ``DIR/.lock`` while it counts the files
@@ -36,7 +36,9 @@ from typing import Final
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
+from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker.config import Settings
 from tykworker.worker.tyk.gateway import REDACTED, SECRET_HEADERS, secrets_of
 
@@ -55,15 +57,27 @@ def redacted_json(payload: bytes) -> tuple[str, bytes] | None:
     except DecodeError:
         return None
     headers = obj.request.headers
-    canonical = {name.title(): value for name, value in headers.items()}
-    secrets = secrets_of(canonical)
+    found: set[str] = set()
     for name in list(headers):
         if name.lower() in _SECRET_NAMES and headers[name]:
+            found.update(secrets_of({name.title(): headers[name]}))
             headers[name] = REDACTED
+    secrets = sorted(found, key=len, reverse=True)
+    for secret in secrets:  # bodies are base64 in the JSON: redacted here
+        _redact_body(obj.request, secret)
+        if obj.HasField("response"):
+            _redact_body(obj.response, secret)
     text = json_format.MessageToJson(obj, preserving_proto_field_name=True, indent=1)
     for secret in secrets:  # longest first; as JSON text, escapes included
         text = text.replace(json.dumps(secret)[1:-1], REDACTED)
     return obj.hook_name, text.encode("utf-8") + b"\n"
+
+
+def _redact_body(
+    message: request_pb2.MiniRequestObject | response_pb2.ResponseObject, secret: str
+) -> None:
+    message.raw_body = message.raw_body.replace(secret.encode(), REDACTED.encode())
+    message.body = message.body.replace(secret, REDACTED)
 
 
 def file_name(hook_name: str, now: float, pid: int) -> str:
