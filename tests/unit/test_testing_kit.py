@@ -231,3 +231,11 @@ def test_entry_point_and_explicit_plugin_register_once(tmp_path: Path):
         output = run.stdout + run.stderr
         assert run.returncode == 0, output
         assert output.count("tykworker/testing/pytest_plugin.py") == 1, output
+
+
+def test_runner_events_report_a_raising_handler(caplog):
+    with HookRunner(event_handlers=FIXTURES / "events") as runner:
+        assert runner.event("failing_handler", {"Type": "AuthFailure"}) == "hook_error"
+        assert "handler failed" in caplog.text
+        assert runner.event("on_auth_failure", {"message": {"Type": "AuthFailure"}}) == ""
+        assert runner.last_failure == ""
