@@ -49,55 +49,51 @@ def build_object(args: argparse.Namespace) -> object_pb2.Object:
     """The Object the gateway would send for these arguments (or the ``--object-file``
     Object changed by them). Raises ConfigError."""
     hook_type = HOOK_TYPES[args.hook_type] if args.hook_type else None
-    session = _session(args)
-    metadata = parse_pairs(args.metadata, "=")
-    response = _response(args)
-    config_data = _config_data(args)
-    headers = parse_pairs(args.header, ":", objects.canonical_header)
-    spec = parse_pairs(args.spec, "=")
-    if args.object_file is not None:
-        obj = _read_object(args.object_file)
-        try:
-            objects.override(
-                obj,
-                hook_type=hook_type,
-                hook_name=args.hook,
-                headers=headers,
-                method=args.method.upper() if args.method else None,
-                url=args.url,
-                body=_body(args),
-                spec=spec,
-                config_data=config_data,
-                session=session,
-                metadata=metadata,
-                response=response,
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        _check_shape(obj.hook_type, session, metadata, response)
-        return obj
-    if not args.hook:
-        raise ConfigError("HOOK is required (unless --object-file names a captured call)")
-    hook_type = objects.PRE if hook_type is None else hook_type
-    _check_shape(hook_type, session, metadata, response)
-    if session is None and hook_type in (objects.POST_KEY_AUTH, objects.POST):
-        session = objects.authenticated_session()  # as on a protected API
+    changes: dict[str, Any] = {
+        "headers": parse_pairs(args.header, ":", objects.canonical_header),
+        "method": args.method.upper() if args.method else None,
+        "url": args.url,
+        "body": _body(args),
+        "spec": parse_pairs(args.spec, "="),
+        "config_data": _config_data(args),
+        "session": _session(args),
+        "metadata": parse_pairs(args.metadata, "="),
+        "response": _response(args),
+    }
     try:
-        return objects.gateway_object(
-            hook_type,
-            args.hook,
-            headers=headers,
-            url=args.url or "/",
-            method=(args.method or "GET").upper(),
-            body=_body(args) or b"",
-            session=session,
-            spec=spec,
-            config_data=config_data,
-            metadata=metadata,
-            response=response,
-        )
+        if args.object_file is not None:
+            obj = _read_object(args.object_file)
+            objects.override(obj, hook_type=hook_type, hook_name=args.hook, **changes)
+        else:
+            obj = _fresh_object(args.hook, hook_type, changes)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    _check_shape(obj.hook_type, changes["session"], changes["metadata"], changes["response"])
+    return obj
+
+
+def _fresh_object(
+    hook: str | None, hook_type: int | None, changes: dict[str, Any]
+) -> object_pb2.Object:
+    """A new Object, with ``call``'s defaults: ``GET /``, a Pre hook, and for
+    PostKeyAuth/Post hooks an authenticated test session unless one is given."""
+    if not hook:
+        raise ConfigError("HOOK is required (unless --object-file names a captured call)")
+    hook_type = objects.PRE if hook_type is None else hook_type
+    session = changes["session"]
+    if session is None and hook_type in (objects.POST_KEY_AUTH, objects.POST):
+        session = objects.authenticated_session()  # as on a protected API
+    return objects.gateway_object(
+        hook_type,
+        hook,
+        **{
+            **changes,
+            "url": changes["url"] or "/",
+            "method": changes["method"] or "GET",
+            "body": changes["body"] or b"",
+            "session": session,
+        },
+    )
 
 
 def _check_shape(

@@ -75,47 +75,38 @@ def make_object(
     metadata are merged); ``hook_type`` may then be left out.
     """
     number = None if hook_type is None else hook_type_number(hook_type)
-    raw_body = body.encode("utf-8") if isinstance(body, str) else body
     state = _session(session)
-    config = config_data if config_data is None or isinstance(config_data, str) else None
-    if config_data is not None and config is None:
-        config = json.dumps(config_data)
-    canonical = {objects.canonical_header(k): v for k, v in (headers or {}).items()}
+    changes: dict[str, Any] = {
+        "headers": {objects.canonical_header(k): v for k, v in (headers or {}).items()},
+        "method": method.upper() if method else None,
+        "url": url,
+        "body": body.encode("utf-8") if isinstance(body, str) else body,
+        "spec": spec,
+        "config_data": _config_text(config_data),
+        "session": state,
+        "metadata": metadata,
+        "response": response,
+    }
     if from_file is not None:
         obj = load_object(from_file)
-        objects.override(
-            obj,
-            hook_type=number,
-            hook_name=hook_name or None,
-            headers=canonical,
-            method=method,
-            url=_with_params(url or obj.request.url, params) if params else url,
-            body=raw_body,
-            spec=spec,
-            config_data=config,
-            session=state,
-            metadata=metadata,
-            response=response,
-        )
-        _check_shape(obj.hook_type, state, metadata, response)
-        return obj
-    if number is None:
+        if params:
+            changes["url"] = _with_params(url or obj.request.url, params)
+        objects.override(obj, hook_type=number, hook_name=hook_name or None, **changes)
+    elif number is None:
         raise ValueError("make_object needs a hook_type (or from_file)")
-    _check_shape(number, state, metadata, response)
-    return objects.gateway_object(
-        number,
-        hook_name,
-        headers=canonical,
-        url=url or "/",
-        method=(method or "GET").upper(),
-        body=raw_body or b"",
-        params=params,
-        session=state,
-        metadata=metadata,
-        spec=spec,
-        config_data=config,
-        response=response,
-    )
+    else:
+        changes["url"] = url or "/"
+        changes["method"] = changes["method"] or "GET"
+        changes["body"] = changes["body"] or b""
+        obj = objects.gateway_object(number, hook_name, params=params, **changes)
+    _check_shape(obj.hook_type, state, metadata, response)
+    return obj
+
+
+def _config_text(config_data: Mapping[str, Any] | str | None) -> str | None:
+    if config_data is None or isinstance(config_data, str):
+        return config_data
+    return json.dumps(config_data)
 
 
 def load_object(path: str | PathLike[str]) -> object_pb2.Object:
