@@ -143,3 +143,11 @@ def test_the_cli_and_the_kit_build_the_same_object(workdir: Path):
         response={"status": 204, "headers": {"x-b": ["2"]}},
     )
     assert built == kit
+
+
+def test_a_request_hook_editing_the_ignored_headers_map_gets_a_note(server):
+    done = cli(server, "EditHeadersMap")
+    assert reply_of(done)["request"]["headers"]["X-Ignored"] == "yes"
+    assert "changed request.headers, which the gateway ignores" in done.stderr
+    quiet = cli(server, "ReportSession", "--type", "post")
+    assert quiet.returncode == 0 and "request.headers" not in quiet.stderr

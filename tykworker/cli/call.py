@@ -273,14 +273,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"tykworker call: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return ExitCode.ERROR
-    sent = None if event or args.raw else request
-    return _print_reply(bytes(reply), event, sent)
+    sent = request if isinstance(request, object_pb2.Object) else None
+    return _print_reply(bytes(reply), event, sent, raw=args.raw)
 
 
-def _print_reply(reply: bytes, event: bool, sent: Message | None = None) -> int:
-    """Print the reply as JSON. With the ``sent`` Object (not ``--raw``), a Response hook's
-    ``multivalue_headers`` are shown synchronised with its ``headers`` as the gateway
-    applies them (``objects.sync_response_headers``): what the client would get."""
+def _print_reply(
+    reply: bytes, event: bool, sent: object_pb2.Object | None = None, raw: bool = False
+) -> int:
+    """Print the reply as JSON. Unless ``raw``, a Response hook's ``multivalue_headers``
+    are shown synchronised with its ``headers`` as the gateway applies them
+    (``objects.sync_response_headers``): what the client would get. A request hook that
+    edited ``request.headers`` (which the gateway ignores) gets a note on stderr."""
     if event:
         print(json.dumps({}))  # EventReply is empty; the gateway ignores it
         return ExitCode.OK
@@ -290,9 +293,15 @@ def _print_reply(reply: bytes, event: bool, sent: Message | None = None) -> int:
         print(f"tykworker call: the reply is not a coprocess.Object: {exc}", file=sys.stderr)
         print(base64.b64encode(reply).decode())
         return ExitCode.ERROR
-    if isinstance(sent, object_pb2.Object) and obj.HasField("response"):
+    if sent is not None and not raw and obj.HasField("response"):
         objects.sync_response_headers(sent.response.headers, obj.response)
     print(json.dumps(to_json(obj), indent=2, sort_keys=True))
+    if sent is not None and dict(obj.request.headers) != dict(sent.request.headers):
+        print(
+            "tykworker call: the hook changed request.headers, which the gateway ignores: "
+            "request.add_header/delete_header (set_headers, delete_headers) change the request",
+            file=sys.stderr,
+        )
     answered = obj.request.return_overrides.headers.get(ANSWER_HEADER) or (
         obj.response.headers.get(ANSWER_HEADER)
     )

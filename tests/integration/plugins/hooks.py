@@ -192,3 +192,10 @@ def ReadStore(request, session, spec):
     """Sets ``X-Value`` to the stored value named by the ``Key`` header."""
     request.add_header("X-Value", tyk.get_data(request.get_header("Key")).decode())
     return request, session
+
+
+@Hook  # noqa: F405
+def EditHeadersMap(request, session, spec):
+    """Edits ``request.headers`` (ignored by the gateway) instead of ``set_headers``."""
+    request.object.headers["X-Ignored"] = "yes"
+    return request, session
