@@ -1,9 +1,9 @@
 """Build ``coprocess.Object`` messages the way the gateway does (PROTOCOL.md section 2).
 
-Used by ``tykworker call`` (a grpcurl for Tyk plugins) and by the tests, so both send what
-a stock gateway sends. Every request hook gets headers (first value, canonical names, plus
-``Host``), url, params (first value of each query parameter), method, request_uri, scheme,
-raw_body (and body when UTF-8), empty outbound maps/lists,
+Used by ``tykworker call`` (a grpcurl for Tyk plugins), by ``tykworker.testing`` and by the
+tests, so all send what a stock gateway sends. Every request hook gets headers (first value,
+canonical names, plus ``Host``), url, params (first value of each query parameter), method,
+request_uri, scheme, raw_body (and body when UTF-8), empty outbound maps/lists,
 ``return_overrides.response_code = -1`` and a spec with OrgID, APIID and bundle_hash
 (md5 of the bundle name; md5("") without a bundle). Sessions only where the gateway sends
 them: PostKeyAuth/Post (authenticated requests, when the caller passes one) and Response
