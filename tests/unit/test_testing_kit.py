@@ -239,3 +239,23 @@ def test_runner_events_report_a_raising_handler(caplog):
         assert "handler failed" in caplog.text
         assert runner.event("on_auth_failure", {"message": {"Type": "AuthFailure"}}) == ""
         assert runner.last_failure == ""
+
+
+def test_loading_the_plugin_imports_no_server_code():
+    """Every pytest run of a project with tykworker installed loads the plugin: it must not
+    pull in the worker (redis, protobuf) or grpc until a test uses the kit."""
+    probe = (
+        "import sys, tykworker.testing.pytest_plugin, tykworker.testing as kit\n"
+        "heavy = [m for m in ('redis', 'grpc', 'tykworker.worker', 'google.protobuf')"
+        " if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "kit.make_object\n"
+        "assert 'tykworker.worker' not in sys.modules and 'grpc' not in sys.modules\n"
+        "kit.HookRunner\n"
+        "assert 'tykworker.worker.plugins' in sys.modules and 'grpc' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

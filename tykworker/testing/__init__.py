@@ -15,13 +15,13 @@ Runs in the test process only: never imported by the server's processes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from tykworker._proto import coprocess_object_pb2 as object_pb2
-from tykworker.testing.objects import load_object, make_object
-from tykworker.testing.runner import HookRunner
+import importlib
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from tykworker.testing.answers import answered_by_tykworker
+    from tykworker.testing.objects import load_object, make_object
+    from tykworker.testing.runner import HookRunner
     from tykworker.testing.server import ServerError, TykworkerServer
 
 __all__ = [
@@ -33,21 +33,27 @@ __all__ = [
     "make_object",
 ]
 
-
-def answered_by_tykworker(reply: object_pb2.Object) -> str:
-    """Why tykworker answered instead of the hook (``"no_hook"``, ``"hook_error"``,
-    ``"timeout"``...; the ``X-Tykworker-Error`` header of the answer), ``""`` when the hook
-    answered itself."""
-    from tykworker.wire.answers import ANSWER_HEADER
-
-    request_side = reply.request.return_overrides.headers.get(ANSWER_HEADER, "")
-    return str(request_side or reply.response.headers.get(ANSWER_HEADER, ""))
+#: Where each name lives. Imported on first use: the pytest plugin imports this package in
+#: every pytest run of every project where tykworker is installed, and the worker code
+#: (redis, protobuf) or grpc (the server helper) should cost only the tests that use them.
+_HOMES: Final = {
+    "HookRunner": "runner",
+    "ServerError": "server",
+    "TykworkerServer": "server",
+    "answered_by_tykworker": "answers",
+    "load_object": "objects",
+    "make_object": "objects",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The server helper imports grpc: only when asked for.
-    if name in ("TykworkerServer", "ServerError"):
-        from tykworker.testing import server
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
 
-        return getattr(server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
