@@ -69,6 +69,15 @@ def _hook_name(name: str) -> str:
     return name
 
 
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
 def _parse_mode(text: str) -> int:
     return int(text, 8)
 
@@ -176,6 +185,20 @@ class Settings:
     total_buffer_mb: int = _setting(
         512, "the same bytes summed over all connections, MiB (>= connection_buffer_mb)", int
     )
+    reload: bool = _setting(
+        False,
+        "development: roll a reload whenever a file of the plugin folders is saved",
+        _parse_bool,
+    )
+    capture: str | None = _setting(
+        None,
+        "write each call's Object to this folder, secrets redacted, for replay "
+        "(tykworker call --object-file); development and staging only",
+        _parse_optional_str,
+    )
+    capture_every: int = _setting(1, "with capture: one call in N per worker", int)
+    capture_max_files: int = _setting(1000, "with capture: stop after this many files", int)
+    capture_max_mb: int = _setting(64, "with capture: the folder's files stay under this, MiB", int)
 
     @property
     def max_message_bytes(self) -> int:
@@ -295,6 +318,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     try:
         if isinstance(value, str):
             return f.metadata["parse"](value)
+        if f.type == "bool" and isinstance(value, bool):
+            return value
         if name == "hook_timeout_for" and isinstance(value, dict):
             return {_hook_name(k): _seconds(v) for k, v in value.items()}
         if name == "fail_open" and isinstance(value, list):
@@ -344,8 +369,14 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting; parsed values stay strings (None when absent)."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
     for f in SETTINGS_FIELDS:
+        # A switch (``--reload``) may stand alone; ``--reload false`` turns it off.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if f.type == "bool" else {}
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f.metadata["help"]
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            help=f.metadata["help"],
+            **switch,
         )
 
 
@@ -400,6 +431,9 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         (s.body_timeout > 0, "body_timeout", "must be positive"),
         (s.connection_buffer_mb >= 1, "connection_buffer_mb", "must be >= 1"),
         (s.total_buffer_mb >= 1, "total_buffer_mb", "must be >= 1"),
+        (s.capture_every >= 1, "capture_every", "must be at least 1"),
+        (s.capture_max_files >= 1, "capture_max_files", "must be at least 1"),
+        (s.capture_max_mb >= 1, "capture_max_mb", "must be at least 1"),
         (
             s.metrics is None or metrics_address(s.metrics) is not None,
             "metrics",
@@ -437,7 +471,7 @@ LIVE_SETTINGS: Final = ("hook_timeout", "hook_timeout_for", "fail_open", "queue_
 RESTART_ONLY: Final = (
     "socket", "raw_socket", "socket_mode", "socket_group", "front", "max_message_mb",
     "metrics", "runtime_dir", "user", "group", "max_connections", "preface_timeout",
-    "idle_timeout", "body_timeout", "connection_buffer_mb", "total_buffer_mb",
+    "idle_timeout", "body_timeout", "connection_buffer_mb", "total_buffer_mb", "reload",
 )  # fmt: skip
 
 

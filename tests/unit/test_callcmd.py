@@ -100,3 +100,36 @@ def test_grpc_target():
     assert callcmd.target(Settings(socket="/run/tyk.sock")) == "unix:/run/tyk.sock"
     assert callcmd.target(Settings(socket="unix://rel.sock")) == "unix:rel.sock"
     assert callcmd.target(Settings(socket="tcp://127.0.0.1:5555")) == "127.0.0.1:5555"
+
+
+def test_response_headers_are_synchronised_as_the_gateway_does():
+    from tykworker.cli.objects import DEFAULT_RESPONSE, gateway_object, sync_response_headers
+
+    sent = gateway_object(RESPONSE, "H", response=DEFAULT_RESPONSE).response
+
+    def after(edit) -> dict[str, list[str]]:
+        reply = type(sent)()
+        reply.CopyFrom(sent)
+        edit(reply)
+        sync_response_headers(sent.headers, reply)
+        return {h.key: list(h.values) for h in reply.multivalue_headers}
+
+    untouched = {"Content-Type": ["text/plain"], "Set-Cookie": ["a=1", "b=2"]}
+    assert after(lambda r: None) == untouched
+    # only multivalue_headers edited: used as returned
+    assert after(lambda r: r.multivalue_headers.add(key="X-M", values=["1", "2"])) == {
+        **untouched,
+        "X-M": ["1", "2"],
+    }
+
+    # headers edited: changed/added names get one value, removed names are dropped,
+    # unchanged names keep all their values
+    def edit(r):
+        r.headers["X-New"] = "n"
+        del r.headers["Content-Type"]
+
+    assert after(edit) == {"Set-Cookie": ["a=1", "b=2"], "X-New": ["n"]}
+    assert after(lambda r: r.headers.__setitem__("Set-Cookie", "c=3")) == {
+        "Content-Type": ["text/plain"],
+        "Set-Cookie": ["c=3"],
+    }

@@ -12,9 +12,12 @@ function (a lazy import still runs in that process), except under ``if TYPE_CHEC
 * ``front/router.py`` imports no generated protobuf module and does no I/O;
 * ``wire/`` and ``system/`` import no role package; ``wire/`` no asyncio or socket;
 * shared modules (``config``, ``errors``, ``logs``, ``store``) import no role package;
-* ``worker/`` never imports ``front/``, ``supervisor/`` or ``cli/``.
+* ``worker/`` never imports ``front/``, ``supervisor/`` or ``cli/``;
+* ``testing/`` (the plugin authors' test kit) runs in the test process, like ``cli/``: it
+  never imports ``front/`` or ``supervisor/`` (a real server is a child process), and no
+  other package imports it (the server never carries test code).
 
-Only ``front/grpcio.py`` and ``cli/call.py`` import grpc.
+Only ``front/grpcio.py``, ``cli/call.py`` and ``testing/server.py`` import grpc.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tykworker"
-ROLES = ("supervisor", "front", "worker", "cli")
+ROLES = ("supervisor", "front", "worker", "cli", "testing")
 
 
 def module_name(path: Path) -> str:
@@ -124,6 +127,15 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
     "worker never imports front, supervisor or cli": {
         "tykworker.worker": ("tykworker.front", "tykworker.supervisor", "tykworker.cli"),
     },
+    "testing runs in the test process: never front or supervisor": {
+        "tykworker.testing": ("tykworker.front", "tykworker.supervisor"),
+    },
+    "only testing imports testing": {
+        "tykworker.supervisor": ("tykworker.testing",),
+        "tykworker.front": ("tykworker.testing",),
+        "tykworker.worker": ("tykworker.testing",),
+        "tykworker.cli": ("tykworker.testing",),
+    },
     "the router is pure: no protobuf, no I/O": {
         "tykworker.front.router": (
             "tykworker._proto",
@@ -147,9 +159,9 @@ def test_import_rule(rule: str) -> None:
     assert violations(RULES[rule]) == []
 
 
-def test_only_two_modules_import_grpc() -> None:
+def test_only_three_modules_import_grpc() -> None:
     users = {m for m, imported in sources().items() if any(under(n, "grpc") for n in imported)}
-    assert users == {"tykworker.front.grpcio", "tykworker.cli.call"}
+    assert users == {"tykworker.front.grpcio", "tykworker.cli.call", "tykworker.testing.server"}
 
 
 def test_rules_see_lazy_and_relative_imports(tmp_path: Path) -> None:

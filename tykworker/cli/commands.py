@@ -17,10 +17,9 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from tykworker import __version__, logs
-from tykworker.config import HOOK_TYPES, Settings, add_setting_flags, load_settings
+from tykworker.config import Settings, add_setting_flags, load_settings
 from tykworker.errors import ConfigError, ExitCode
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
 
@@ -55,22 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_call_arguments(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("hook", metavar="HOOK", help="hook (function) name; with --event, the handler")
-    types = [name for name in HOOK_TYPES if name != "event"]
-    cmd.add_argument("--type", dest="hook_type", choices=types, default="pre", help="hook type")
-    cmd.add_argument(
-        "--header", action="append", default=[], metavar="K:V", help="request header (repeat)"
-    )
-    body = cmd.add_mutually_exclusive_group()
-    body.add_argument("--body", help="request body text")
-    body.add_argument("--body-file", type=Path, metavar="F", help="request body file (- = stdin)")
-    cmd.add_argument("--method", default="GET", help="HTTP method (default GET)")
-    cmd.add_argument("--url", default="/", help="request URL: path and query (default /)")
-    cmd.add_argument(
-        "--spec", action="append", default=[], metavar="K=V", help="API spec entry (repeat)"
-    )
-    cmd.add_argument("--event", metavar="JSON", help="send DispatchEvent with this payload")
-    cmd.add_argument("--timeout", type=float, default=30.0, help="gRPC deadline, seconds")
+    from tykworker.cli.callargs import add_call_arguments
+
+    add_call_arguments(cmd)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -48,6 +48,7 @@ from tykworker.supervisor.pool import (
     SpawnFront,
     SpawnWorker,
 )
+from tykworker.supervisor.watch import Watcher, watched_folders
 from tykworker.system import crashlog, kernel, proctitle, sockets, systemd
 from tykworker.wire import control
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
@@ -86,6 +87,7 @@ class Supervisor:
         self.reload_failures = 0
         self.front_pid = 0
         self.front_generation = 0  # the generation the front was last told
+        self.watch = Watcher.for_settings(settings)  # serve --reload (watch.py), else None
 
     # --- set-up ---------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -185,6 +187,8 @@ class Supervisor:
 
     def _wait(self, timeout: float) -> None:
         self.notifier.watchdog_ping()
+        if self.watch is not None:
+            timeout = min(timeout, self.watch.wait_time(time.monotonic()))
         for key, _ in self.selector.select(min(timeout, self._watchdog_period())):
             if key.fileobj is self.wake_r:
                 self._drain_wakeups()
@@ -192,6 +196,10 @@ class Supervisor:
                 self._read_status(key.data)
         while self.signals:
             self._on_signal(self.signals.popleft())
+        if self.watch is not None and (changed := self.watch.poll(time.monotonic())):
+            log.info("--reload: %s changed", ", ".join(changed[:5]) + " ..." * (len(changed) > 5))
+            self._reload()
+            self.watch.retarget(watched_folders(self.latest))
 
     def _watchdog_period(self) -> float:
         interval = self.notifier.watchdog_interval

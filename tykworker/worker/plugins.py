@@ -48,6 +48,7 @@ from tykworker.config import Settings
 from tykworker.errors import HookNotFound, PluginLoadError
 from tykworker.store import Store, open_store
 from tykworker.worker import tyk as shims
+from tykworker.worker.capture import Capture
 from tykworker.worker.dispatch import Target, dispatch, dispatch_event, run_event
 from tykworker.worker.scope import Scope, install_finder
 from tykworker.worker.tyk import gateway as gateway_api
@@ -303,14 +304,23 @@ class Runtime:
         # APIID -> bundle, learned from Dispatch calls: events carry no bundle_hash.
         self._api_bundles: dict[str, Registry] = {}
         self._event_depth = 0
+        #: ``serve --capture``: records each call before it runs; ``None`` when off.
+        self.capture: Capture | None = None
 
     def dispatch(self, payload: bytes) -> bytes:
         """``coprocess.Object`` bytes -> reply Object bytes. Never raises."""
+        if self.capture is not None and not self.capture.record(payload):
+            self.capture = None
         return dispatch(payload, self._resolve)
 
     def dispatch_event(self, payload: bytes) -> bytes:
         """``coprocess.Event`` bytes -> ``EventReply`` bytes (empty). Never raises."""
         return dispatch_event(payload, self._resolve_event)
+
+    def activate(self) -> None:
+        """Point the gateway API (``store_data``, ``trigger_event``) at this runtime (a
+        worker has one runtime; an in-process test may hold several)."""
+        gateway_api.bind(self.store, self.trigger_event)
 
     def close(self) -> None:
         """Release store connections; the gateway API stops using this runtime."""
@@ -384,7 +394,7 @@ def load_runtime(settings: Settings) -> Runtime:
     bundles = BundleSet(Path(settings.bundles) if settings.bundles else None)
     # Bound before any import: plugins may call the gateway API at import time.
     runtime = Runtime(Registry("middleware"), Registry("event_handlers"), bundles, store)
-    gateway_api.bind(store, runtime.trigger_event)
+    runtime.activate()
     try:
         runtime.middleware = load_directory("middleware", Path(settings.middleware))
         runtime.event_handlers = load_directory("event_handlers", Path(settings.event_handlers))
@@ -392,4 +402,5 @@ def load_runtime(settings: Settings) -> Runtime:
     except BaseException:
         runtime.close()
         raise
+    runtime.capture = Capture.from_settings(settings)
     return runtime

@@ -162,3 +162,47 @@ def WhoAmI(request, session, spec):
     request.add_header("X-Groups", ",".join(map(str, sorted(os.getgroups()))))
     request.add_header("X-Stored", tyk.get_data("whoami").decode())
     return request, session
+
+
+@Hook  # noqa: F405
+def ReportResponse(request, response, session, metadata, spec):
+    """Reports what a Response hook received (headers X-Seen-*), drops ``Set-Cookie`` from
+    ``headers`` and replaces ``Content-Type``, so the gateway's header sync can be seen."""
+    cookies = [v for h in response.multivalue_headers if h.key == "Set-Cookie" for v in h.values]
+    seen = {
+        "X-Seen-Status": str(response.status_code),
+        "X-Seen-Body": response.raw_body.decode(),
+        "X-Seen-Cookies": ",".join(cookies),
+        "X-Seen-Rate": str(session.rate),
+        "X-Seen-Metadata": ",".join(f"{k}={v}" for k, v in sorted(metadata.items())),
+        "X-Seen-Config": spec.get("config_data", ""),
+    }
+    response.headers.update(seen)
+    if "Set-Cookie" in response.headers:
+        del response.headers["Set-Cookie"]
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+@Hook  # noqa: F405
+def ReportSession(request, session, metadata, spec):
+    """Reports the session, metadata and config_data a request hook received."""
+    request.add_header("X-Seen-Rate", str(session.rate))
+    request.add_header("X-Seen-Metadata", ",".join(f"{k}={v}" for k, v in sorted(metadata.items())))
+    request.add_header("X-Seen-Config", spec.get("config_data", ""))
+    request.add_header("X-Seen-Path", request.object.url)
+    return request, session, metadata
+
+
+@Hook  # noqa: F405
+def ReadStore(request, session, spec):
+    """Sets ``X-Value`` to the stored value named by the ``Key`` header."""
+    request.add_header("X-Value", tyk.get_data(request.get_header("Key")).decode())
+    return request, session
+
+
+@Hook  # noqa: F405
+def EditHeadersMap(request, session, spec):
+    """Edits ``request.headers`` (ignored by the gateway) instead of ``set_headers``."""
+    request.object.headers["X-Ignored"] = "yes"
+    return request, session
