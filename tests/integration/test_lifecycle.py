@@ -287,3 +287,19 @@ def test_sighup_with_invalid_config_keeps_everything(start_server, workdir):
     assert "invalid configuration, keeping the current one" in server.log()
     reply = server.dispatch("Sleep", headers={"Sleep": "20"})
     assert reply.request.return_overrides.response_code == 504  # still the 0.5 s deadline
+
+
+def test_hook_in_event_handlers_is_refused_at_start(start_server, workdir):
+    # A @Hook there can never be called (Dispatch looks in middleware and bundles): refused
+    # with its place, never counted as "1 hooks" and answered no_hook later.
+    (workdir / "event_handlers").mkdir()
+    (workdir / "event_handlers" / "misplaced.py").write_text(
+        "from tyk.decorators import *\n\n\n@Hook\ndef Misplaced(request, session, spec):\n"
+        "    return request, session\n"
+    )
+    server = start_server("--workers", "1", ready=False)
+    assert server.proc.wait(30) == 3
+    log = server.log()
+    assert "misplaced.py:4: @Hook Misplaced in event_handlers directory" in log
+    assert "holds @Event handlers only" in log
+    assert "1 hooks" not in log
