@@ -20,6 +20,7 @@ from tykworker.wire.answers import (
     ANSWER_HEADER,
     RESPONSE_HOOK,
     Reason,
+    event_answer,
     event_reply,
     failure_reply,
     override_fragment,
@@ -233,4 +234,13 @@ def test_failure_reply_is_deterministic() -> None:
 def test_event_reply_is_an_empty_event_reply() -> None:
     data = event_reply()
     assert data == b""
-    assert object_pb2.EventReply.FromString(data) == object_pb2.EventReply()
+    assert object_pb2.EventReply.FromString(data).ListFields() == []  # it decodes
+
+
+def test_event_reply_carries_the_reason_in_a_field_the_gateway_skips() -> None:
+    for reason in Reason:
+        data = event_reply(reason.code)
+        assert object_pb2.EventReply.FromString(data).ListFields() == []  # it decodes
+        assert event_answer(data) == reason.code
+    assert event_answer(event_reply()) == ""
+    assert event_answer(b"\x7a\x05abc") == ""  # truncated: not ours

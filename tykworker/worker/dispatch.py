@@ -220,13 +220,18 @@ def _adopt(
 
 
 def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
-    """Run the ``@Event`` handler named in a ``coprocess.Event``; always the empty reply."""
+    """Run the ``@Event`` handler named in a ``coprocess.Event``. The reply is the empty
+    ``EventReply`` when it ran, else one carrying the reason (``answers.event_reply``:
+    ``bad_request``, ``no_hook``, ``hook_error``), also noted in ``active_call.failure``.
+    ``active_call.hook`` is set to the handler name (the worker loop tells the front)."""
+    active_call.hook = active_call.failure = ""
     try:
         data = json.loads(object_pb2.Event.FromString(payload).payload)
         event = TykEvent(data)
     except (DecodeError, ValueError) as exc:
         calls_log.warning("undecodable DispatchEvent payload: %s", exc)
-        return answers.event_reply()
+        active_call.failure = Reason.BAD_REQUEST.code
+        return answers.event_reply(active_call.failure)
     spec = event.spec if isinstance(event.spec, dict) else {}
     name, api_id = str(event.handler_name or ""), str(spec.get("APIID", ""))
     context = CallContext(hook=name, api_id=api_id, spec=spec)
@@ -240,7 +245,7 @@ def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
             )
         else:
             run_event(target, event)
-    return answers.event_reply()
+    return answers.event_reply(active_call.failure)
 
 
 def run_event(target: Target, event: TykEvent) -> None:

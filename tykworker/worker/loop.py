@@ -18,8 +18,10 @@ Invariant: one call at a time; every DISPATCH/EVENT frame received gets exactly 
 (the runtime never raises for plugin errors). A call the plugin failed (hook raised, no such
 hook, bad payload) is announced by a CONTROL frame ``{"op": "failed", "reason": code}``
 with the same call id right before its REPLY, so the front can count plugin errors without
-parsing the Object. ``logs.active_call`` names the call in progress (log fields, slow-call
-log with ``slow_call_threshold``).
+parsing the Object; an EVENT call's REPLY is preceded by ``{"op": "handler", "name": ...}``
+(then ``failed``, if any), the name the front labels it with (DISPATCH calls: none).
+``logs.active_call`` names the call in progress (log fields, slow-call log with
+``slow_call_threshold``).
 """
 
 from __future__ import annotations
@@ -216,6 +218,9 @@ class Worker:
         if logs.active_call.failure:  # tell the front before the reply (its metrics)
             failed = control.Failed(logs.active_call.failure)
             head = control.encode_frame_of(failed, call_id) + head
+        if kind == FrameKind.EVENT:  # the handler's name, which the front cannot read
+            named = control.Handler(logs.active_call.hook)
+            head = control.encode_frame_of(named, call_id) + head
         _send_all(bridge, head, reply)
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
