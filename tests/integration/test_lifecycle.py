@@ -303,3 +303,22 @@ def test_hook_in_event_handlers_is_refused_at_start(start_server, workdir):
     assert "misplaced.py:4: @Hook Misplaced in event_handlers directory" in log
     assert "holds @Event handlers only" in log
     assert "1 hooks" not in log
+
+
+def test_misspelt_tykworker_variable_is_named_by_serve_and_the_cli(start_server):
+    typo = {"TYKWORKER_WOKERS": "3"}
+    server = start_server("--workers", "1", env=typo)
+    hint = (
+        "environment TYKWORKER_WOKERS is not a tykworker setting and is ignored; "
+        "did you mean TYKWORKER_WORKERS?"
+    )
+    assert hint in server.log()
+    done = subprocess.run(
+        [sys.executable, "-m", "tykworker", "status", "--socket", server.socket],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **typo},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"tykworker: warning: {hint}" in done.stderr

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from tykworker.config import SETTINGS_FIELDS
+from tykworker.config import FAIL_OPEN_TYPES, SETTINGS_FIELDS
 from tykworker.wire.frames import HEADER_SIZE, MAGIC, FrameKind
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
@@ -80,3 +80,10 @@ def test_quick_start_names_the_auth_samples_valid_key():
     )
     assert f"`Authorization: {key}`" in _section("Quick start")
     assert f"--header 'Authorization: {key}'" in _section("Quick start")
+
+
+def test_fail_open_choices_in_the_readme_are_the_codes():
+    listed = re.findall(r"`-*fail.open.{0,120}?any of ((?:`\w+`,?\s*)+)", README)
+    assert len(listed) == 2  # the settings table and the answers section
+    for text in listed:
+        assert tuple(re.findall(r"`(\w+)`", text)) == FAIL_OPEN_TYPES

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tykworker import __version__, logs
-from tykworker.config import HOOK_TYPES, Settings, add_setting_flags, load_settings
+from tykworker.config import (
+    HOOK_TYPES,
+    Settings,
+    add_setting_flags,
+    load_settings,
+    unknown_env,
+)
 from tykworker.errors import ConfigError, ExitCode
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
 
@@ -96,6 +102,8 @@ CHILDREN = Children(front=_run_front, worker=_run_worker)
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
+    for warning in unknown_env(os.environ):
+        log.warning("%s", warning)
     from tykworker.supervisor.process import serve
 
     return serve(settings, lambda: _settings(args), CHILDREN)
@@ -175,6 +183,9 @@ def cmd_call(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"serve": cmd_serve, "reload": cmd_reload, "status": cmd_status, "call": cmd_call}
+    if args.command != "serve":  # serve logs them (cmd_serve), in its log format
+        for warning in unknown_env(os.environ):  # a misspelt TYKWORKER_* is ignored: say so
+            print(f"tykworker: warning: {warning}", file=sys.stderr)
     try:
         return commands[args.command](args)
     except ConfigError as exc:
