@@ -402,3 +402,21 @@ def test_status_into_a_closed_pipe_exits_quietly(start_server):
         os.close(write_end)
     assert done.returncode == 128 + signal.SIGPIPE
     assert done.stderr == ""
+
+
+def test_failed_reload_counts_import_failures_not_restarts(start_server, workdir):
+    path = workdir / "metrics.sock"
+    server = start_server("--workers", "1", "--metrics", str(path))
+    (workdir / "middleware" / "broken.py").write_text("raise ImportError('on purpose')\n")
+    server.signal(signal.SIGHUP)
+    board = wait_for(
+        lambda: (s := status(server)["server"])["reload_failures"] == 1 and s,
+        what="the reload failed",
+    )
+    assert (board["restarts"], board["import_failures"]) == (0, 1)
+    text = cli(server, "status").stdout
+    assert "restarts 0; import failures 1; reloads 0 (1 failed)" in text
+    samples = scrape_unix(path)
+    assert value(samples, "tykworker_worker_restarts_total") == 0
+    assert value(samples, "tykworker_worker_import_failures_total") == 1
+    assert value(samples, "tykworker_reloads_total", outcome="failed") == 1

@@ -468,6 +468,7 @@ class Supervisor:
         self.board.write_header(
             generation=pool.generation,
             restarts=pool.restarts,
+            import_failures=pool.import_failures,
             degraded=pool.degraded,
             target_workers=pool.target,
         )
