@@ -346,13 +346,34 @@ def unknown_env(environ: Mapping[str, str]) -> list[str]:
     return out
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per setting; parsed values stay strings (None when absent)."""
+def add_setting_flags(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None, defaults: bool = False
+) -> None:
+    """Add one ``--flag`` per setting (only those in ``names`` if given), plus ``--config``;
+    parsed values stay strings (None when absent). ``defaults``: each help ends with the
+    setting's default."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
     for f in SETTINGS_FIELDS:
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f.metadata["help"]
-        )
+        if names is not None and f.name not in names:
+            continue
+        text = f.metadata["help"]
+        if defaults and "(default" not in text:  # some helps say it in their own words
+            text += f" (default: {shown_default(f.name)})"
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=text)
+
+
+def shown_default(name: str) -> str:
+    """A setting's default as ``--help`` and the README show it."""
+    value = getattr(Settings(), name)  # the defaults (validation is load_settings')
+    if name == "socket_mode":
+        return format(value, "o")
+    if name == "workers":
+        return f"the CPU count, {value} here"
+    if name == "runtime_dir":
+        return ".<socket name>.tykworker/ next to a Unix socket"
+    if value is None or value == () or value == {}:
+        return "none"
+    return str(value)
 
 
 def load_settings(

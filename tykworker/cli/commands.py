@@ -32,6 +32,9 @@ from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
 
 log = logging.getLogger("tykworker")
 
+#: The settings ``reload`` and ``status`` use: where the server's runtime directory is.
+FINDS_THE_SERVER = ("socket", "runtime_dir")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -40,17 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tykworker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (supervisor, front and workers)")
-    add_setting_flags(serve)
+    add_setting_flags(serve, defaults=True)
     for name, text in (
         ("reload", "rolling reload of a running server (SIGHUP)"),
         ("status", "show what every worker of a running server is doing"),
     ):
         cmd = sub.add_parser(name, help=text)
-        add_setting_flags(cmd)
+        add_setting_flags(cmd, FINDS_THE_SERVER)  # (the config is still validated whole)
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
         else:
-            cmd.add_argument("--wait", type=float, default=120.0, help="seconds to wait")
+            cmd.add_argument(
+                "--wait",
+                type=float,
+                default=120.0,
+                metavar="SECONDS",
+                help="how long to wait for the new generation (default: 120); then exit 1",
+            )
     call = sub.add_parser(
         "call", help="call a hook of a running server as the gateway would; print the reply"
     )
