@@ -197,7 +197,9 @@ class Settings:
 
     def resolved_runtime_dir(self) -> Path:
         """The runtime directory: explicit, else derived from the socket address so that
-        ``tykworker status --socket X`` finds the same one."""
+        ``tykworker status --socket X`` finds the same one: ``.<name>.tykworker`` next to a
+        Unix socket, ``$TMPDIR/tykworker-tcp-HOST_PORT`` for tcp:// (the supervisor removes
+        the latter when it stops)."""
         if self.runtime_dir:
             return Path(self.runtime_dir)
         kind, address = parse_address(self.socket)
@@ -370,7 +372,7 @@ def shown_default(name: str) -> str:
     if name == "workers":
         return f"the CPU count, {value} here"
     if name == "runtime_dir":
-        return ".<socket name>.tykworker/ next to a Unix socket"
+        return ".<socket name>.tykworker/ next to a Unix socket, $TMPDIR/tykworker-tcp-HOST_PORT"
     if value is None or value == () or value == {}:
         return "none"
     return str(value)

@@ -87,3 +87,16 @@ def test_fail_open_choices_in_the_readme_are_the_codes():
     assert len(listed) == 2  # the settings table and the answers section
     for text in listed:
         assert tuple(re.findall(r"`(\w+)`", text)) == FAIL_OPEN_TYPES
+
+
+def test_runtime_dir_places_are_the_ones_the_code_derives():
+    import tempfile
+
+    from tykworker.config import Settings
+
+    row = next(line for line in README.splitlines() if line.startswith("| `runtime_dir` |"))
+    tcp = Settings(socket="tcp://127.0.0.1:9000").resolved_runtime_dir()
+    assert tcp == Path(tempfile.gettempdir()) / "tykworker-tcp-127.0.0.1_9000"
+    assert "`$TMPDIR/tykworker-tcp-HOST_PORT/`" in row and "removed" in row
+    unix = Settings(socket="/run/x/tyk.sock").resolved_runtime_dir()
+    assert unix == Path("/run/x/.tyk.sock.tykworker") and "`.<socket name>.tykworker/`" in row
