@@ -32,7 +32,8 @@ ALL_HOOKS = [*REQUEST_HOOKS, common_pb2.Response]
 
 
 def gateway_object(hook_type: common_pb2.HookType) -> object_pb2.Object:
-    """An Object shaped like the gateway's (PROTOCOL.md 2.1-2.5) for ``hook_type``."""
+    """An Object shaped like the gateway's for ``hook_type`` (``CoProcessor.BuildObject``,
+    gateway/coprocess.go)."""
     obj = object_pb2.Object(
         hook_type=hook_type,
         hook_name="MyHook",
@@ -173,7 +174,8 @@ def test_existing_override_headers_are_kept_and_ours_added() -> None:
         ANSWER_HEADER: "crash",
     }
     assert reply.request.return_overrides.response_code == 502
-    # response_error wins over response_body in the gateway (PROTOCOL.md 1.7).
+    # response_error wins over response_body in the gateway: CoProcessMiddleware copies it
+    # over response_body before applying return_overrides (gateway/coprocess.go).
     assert reply.request.return_overrides.response_error == "Plugin crashed"
 
 

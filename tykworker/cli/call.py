@@ -1,7 +1,8 @@
 """``tykworker call``: call a running server the way the gateway would, print the answer.
 
 A grpcurl for Tyk plugins: builds the ``coprocess.Object`` a stock gateway sends for one
-request (``objects.gateway_object``, PROTOCOL.md section 2), sends it to
+request (``objects.gateway_object``, shaped as ``CoProcessor.BuildObject`` in the gateway's
+``gateway/coprocess.go`` builds it), sends it to
 ``/coprocess.Dispatcher/Dispatch`` (or a ``coprocess.Event`` to ``DispatchEvent`` with
 ``--event``) and prints the reply as JSON (protobuf's JSON mapping with the proto field
 names; bytes fields are shown as text when they are UTF-8, base64 otherwise).

@@ -4,7 +4,7 @@ It never imports grpc (grpcio cannot survive ``fork`` once a gRPC object exists)
 runs plugin code: both happen only in children. ``pool.Pool`` decides; this module acts
 (fork, signal, reap, sd_notify, scoreboard header).
 
-Loop (STYLE.md §4): signal handlers only push the signal number on a queue; the loop
+Loop: signal handlers only push the signal number on a queue; the loop
 blocks in ``selectors`` on the signal wake-up socket and each child's channel
 (channels.py: one per child, read and checked per sender), with a timeout
 taken from ``Pool.next_wakeup``. No fixed polling.

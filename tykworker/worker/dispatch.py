@@ -1,6 +1,7 @@
 """One call: ``coprocess.Object`` bytes -> handler -> reply bytes (and events).
 
-Calling conventions (PROTOCOL.md 5.4), chosen by the handler's ``arg_count`` only:
+Calling conventions (Tyk's own: ``TykMiddleware.process`` in the gateway's
+``coprocess/python/tyk/middleware.py``), chosen by the handler's ``arg_count`` only:
 
 ====  ==================================================  ==============================
 args  call                                                must return
@@ -125,9 +126,10 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
 def drop_ignored_copies(obj: object_pb2.Object) -> None:
     """Clear what the gateway never reads back: the text copies ``request.body`` and
     ``response.body`` of a body it also sends (and reads back) as ``raw_body``. Only
-    ``raw_body`` becomes the upstream request or the client's response (PROTOCOL.md,
-    "Ignored on return"), so echoing the copy would only double a UTF-8 body's bytes on
-    the way back (serialising, the bridge, the front and the gateway's decoder)."""
+    ``raw_body`` becomes the upstream request or the client's response
+    (``ObjectPostProcess`` and the Response hook handling in the gateway's
+    ``gateway/coprocess.go``), so echoing the copy would only double a UTF-8 body's bytes
+    on the way back (serialising, the bridge, the front and the gateway's decoder)."""
     obj.request.ClearField("body")
     if obj.HasField("response"):
         obj.response.ClearField("body")

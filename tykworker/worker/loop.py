@@ -61,7 +61,7 @@ _RECV_SIZE = 1 << 20  # bytes per bridge read
 
 
 class _Signals:
-    """Signal handlers record, and the loop acts (STYLE.md §4), with one exception: a
+    """Signal handlers record, and the loop acts, with one exception: a
     fast stop (SIGQUIT/SIGINT) while a hook runs exits from the handler at once
     (``os._exit``), since the loop regains control only when the hook returns."""
 

@@ -14,9 +14,10 @@ Scopes (each one hook table, each with its own import isolation, see ``scope.py`
   A directory without ``manifest.json`` whose subfolders have one is a merged bundle
   (the gateway's layout for ``"a.zip,b.zip"``): each part loads in its own scope and
   their hooks form one table.
-  Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
-  entry, else ``middleware.py``. A bundle with no Python entry (a gRPC-only bundle whose
-  manifest only carries ``custom_middleware``) has no hooks.
+  Entry module (as ``TykMiddleware.__init__`` in the gateway's
+  ``coprocess/python/tyk/middleware.py`` picks it): the single file of ``file_list`` when
+  it has exactly one entry, else ``middleware.py``. A bundle with no Python entry (a
+  gRPC-only bundle whose manifest only carries ``custom_middleware``) has no hooks.
 
 Registration: every handler created while a scope's files execute (decorators record
 themselves) joins that scope's table under its function name. Two handlers with one name
@@ -179,7 +180,8 @@ def load_directory(label: str, directory: Path, events_only: bool = False) -> Re
 
 
 def bundle_entry(bundle: Path) -> Path | None:
-    """The entry module of a bundle by PROTOCOL.md 5.3, ``None`` for a code-less bundle."""
+    """The entry module of a bundle (rule in the module docstring), ``None`` for a
+    code-less bundle."""
     manifest_path = bundle / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
