@@ -1,4 +1,4 @@
-"""Docs and docstrings cite only what a reader of the repository can open: every ``X.md``
+"""Docs and docstrings cite only what a reader of the repository can open: every Markdown file
 they name is a file of the repository (the design notes the project was written from are
 not: cite the gateway's source file and function, or a doc of the repository, instead)."""
 
