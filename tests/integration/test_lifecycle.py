@@ -322,3 +322,20 @@ def test_misspelt_tykworker_variable_is_named_by_serve_and_the_cli(start_server)
     )
     assert done.returncode == 0, done.stderr
     assert f"tykworker: warning: {hint}" in done.stderr
+
+
+def test_reload_with_an_invalid_configuration_exits_2_and_signals_nothing(start_server):
+    # docs/cli.md: unlike a raw SIGHUP, `reload` validates first.
+    server = start_server("--workers", "1")
+    done = subprocess.run(
+        [sys.executable, "-m", "tykworker", "reload", "--socket", server.socket],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "TYKWORKER_WORKERS": "0"},
+    )
+    assert done.returncode == 2
+    assert "environment TYKWORKER_WORKERS: invalid value for 'workers'" in done.stderr
+    # A valid reload afterwards is the only one the server ever saw.
+    assert _cli("reload", "--socket", server.socket).returncode == 0
+    assert server.log().count("SIGHUP: reloading") == 1
