@@ -246,3 +246,12 @@ def test_event_reply_carries_the_reason_in_a_field_the_gateway_skips() -> None:
         assert event_answer(data) == reason.code
     assert event_answer(event_reply()) == ""
     assert event_answer(b"\x7a\x05abc") == ""  # truncated: not ours
+
+
+def test_docs_name_the_event_answer_field() -> None:
+    from pathlib import Path
+
+    from tykworker.wire.answers import EVENT_ANSWER_FIELD
+
+    doc = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
+    assert f"(number {EVENT_ANSWER_FIELD}, skipped by the gateway's" in " ".join(doc.split())
