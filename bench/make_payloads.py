@@ -1,11 +1,12 @@
 """Write the request bytes the benchmarks send: one ``coprocess.Object`` per scenario.
 
-Each Object is built the way the Tyk gateway builds one for a Pre hook
-(docs: PROTOCOL.md §2.1): canonical request headers plus ``Host``, ``url``/``request_uri``
-with a query string, ``params``, ``method``, ``scheme``, the body in ``raw_body`` and, since
-it is UTF-8, again in ``body``; ``return_overrides.response_code = -1``; ``spec`` with
-``APIID``, ``OrgID`` and ``bundle_hash = md5("")`` (no bundle: the middleware registry
-answers). The empty maps/lists the gateway sends are not on the wire in proto3.
+Each Object is built the way the Tyk gateway builds one for a Pre hook (the gateway's
+``CoProcessor.BuildObject``, gateway/coprocess.go): canonical request headers plus
+``Host``, ``url``/``request_uri`` with a query string, ``params``, ``method``, ``scheme``,
+the body in ``raw_body`` and, since it is UTF-8, again in ``body``;
+``return_overrides.response_code = -1``; ``spec`` with ``APIID``, ``OrgID`` and
+``bundle_hash = md5("")`` (no bundle: the middleware registry answers). The empty
+maps/lists the gateway sends are not on the wire in proto3.
 
     python bench/make_payloads.py [--out DIR]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import grp
 import os
 import pwd
@@ -42,6 +43,10 @@ HOOK_TYPES: Final[Mapping[str, int]] = {
     "response": 5,
     "event": 0,
 }
+#: The hook types ``fail_open`` takes: the one list the parser, ``--help`` and the README
+#: (tests/unit/test_readme.py) give. Not ``auth`` (the gateway needs a session, so an echo
+#: would be a 403 anyway) and not ``event`` (its answer is ignored: nothing to open).
+FAIL_OPEN_TYPES: Final = ("pre", "post", "post_key_auth", "response")
 
 
 def _parse_optional_str(text: str) -> str | None:
@@ -59,8 +64,19 @@ def _parse_hook_map(text: str) -> dict[str, float]:
     return out
 
 
-def _parse_hook_list(text: str) -> tuple[str, ...]:
-    return tuple(_hook_name(p.strip()) for p in text.split(",") if p.strip())
+def _parse_fail_open(text: str) -> tuple[str, ...]:
+    return tuple(_fail_open_name(p.strip()) for p in text.split(",") if p.strip())
+
+
+def _fail_open_name(name: str) -> str:
+    if name in FAIL_OPEN_TYPES:
+        return name
+    choices = f"fail_open takes {', '.join(FAIL_OPEN_TYPES)}"
+    if name == "auth":
+        raise ValueError(f"auth hooks cannot fail open (the gateway needs a session); {choices}")
+    if name == "event":
+        raise ValueError(f"events cannot fail open (their answer is ignored); {choices}")
+    raise ValueError(f"unknown hook type {name!r} ({choices})")
 
 
 def _hook_name(name: str) -> str:
@@ -133,7 +149,10 @@ class Settings:
         metadata={"help": "per-hook-type deadlines, e.g. pre=2,auth=1", "parse": _parse_hook_map},
     )
     fail_open: tuple[str, ...] = _setting(
-        (), "hook types answered by echoing the request on timeout/crash/overload", _parse_hook_list
+        (),
+        "hook types answered by echoing the request on timeout/crash/overload, comma-separated:"
+        f" {', '.join(FAIL_OPEN_TYPES)}",
+        _parse_fail_open,
     )
     queue_size: int = _setting(1024, "calls waiting for a worker before overload answers", int)
     pipeline_depth: int = _setting(
@@ -239,7 +258,9 @@ class Settings:
 
     def resolved_runtime_dir(self) -> Path:
         """The runtime directory: explicit, else derived from the socket address so that
-        ``tykworker status --socket X`` finds the same one."""
+        ``tykworker status --socket X`` finds the same one: ``.<name>.tykworker`` next to a
+        Unix socket, ``$TMPDIR/tykworker-tcp-HOST_PORT`` for tcp:// (the supervisor removes
+        the latter when it stops)."""
         if self.runtime_dir:
             return Path(self.runtime_dir)
         kind, address = parse_address(self.socket)
@@ -323,7 +344,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if name == "hook_timeout_for" and isinstance(value, dict):
             return {_hook_name(k): _seconds(v) for k, v in value.items()}
         if name == "fail_open" and isinstance(value, list):
-            return tuple(_hook_name(str(v)) for v in value)
+            return tuple(_fail_open_name(str(v)) for v in value)
         # Native TOML numbers only for numeric settings (bool is an int subclass: reject
         # it, or `socket_mode = false` would silently give mode 0).
         numeric = f.type in ("int", "float")
@@ -365,19 +386,63 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per setting; parsed values stay strings (None when absent)."""
+#: ``TYKWORKER_*`` names that are not settings but are read: the config file, and the
+#: variables of tykworker's own test suite (``TYKWORKER_TEST_FRONT``...).
+_OTHER_ENV: Final = (ENV_PREFIX + "CONFIG",)
+_TEST_ENV_PREFIX: Final = ENV_PREFIX + "TEST_"
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """One message per ``TYKWORKER_*`` variable of ``environ`` that names no setting
+    (ignored by ``load_settings``, so a typo would pass unseen), with the closest name."""
+    known = [name.upper() for name in _FIELD_BY_NAME] + [k[len(ENV_PREFIX) :] for k in _OTHER_ENV]
+    out = []
+    for key in sorted(environ):
+        name = key[len(ENV_PREFIX) :]
+        if not key.startswith(ENV_PREFIX) or name in known or key.startswith(_TEST_ENV_PREFIX):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = (
+            f"; did you mean {ENV_PREFIX}{close[0]}?"
+            if close
+            else f" (settings are {ENV_PREFIX}<NAME>, NAME as in the README's table)"
+        )
+        out.append(f"environment {key} is not a tykworker setting and is ignored{hint}")
+    return out
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None, defaults: bool = False
+) -> None:
+    """Add one ``--flag`` per setting (only those in ``names`` if given), plus ``--config``;
+    parsed values stay strings (None when absent). ``defaults``: each help ends with the
+    setting's default."""
     parser.add_argument("--config", metavar="FILE", help="TOML config file")
     for f in SETTINGS_FIELDS:
+        if names is not None and f.name not in names:
+            continue
+        text = f.metadata["help"]
+        if defaults and "(default" not in text:  # some helps say it in their own words
+            text += f" (default: {shown_default(f.name)})"
         # A switch (``--reload``) may stand alone; ``--reload false`` turns it off.
         switch: dict[str, Any] = {"nargs": "?", "const": "true"} if f.type == "bool" else {}
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            default=None,
-            help=f.metadata["help"],
-            **switch,
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None, help=text, **switch
         )
+
+
+def shown_default(name: str) -> str:
+    """A setting's default as ``--help`` and the README show it."""
+    value = getattr(Settings(), name)  # the defaults (validation is load_settings')
+    if name == "socket_mode":
+        return format(value, "o")
+    if name == "workers":
+        return f"the CPU count, {value} here"
+    if name == "runtime_dir":
+        return ".<socket name>.tykworker/ next to a Unix socket, $TMPDIR/tykworker-tcp-HOST_PORT"
+    if value is None or value == () or value == {}:
+        return "none"
+    return str(value)
 
 
 def load_settings(
@@ -440,9 +505,9 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
             f"expected HOST:PORT or a Unix socket path, got {s.metrics!r}",
         ),
         (
-            "auth" not in s.fail_open,
+            set(s.fail_open) <= set(FAIL_OPEN_TYPES),
             "fail_open",
-            "auth hooks cannot fail open (the gateway needs a session)",
+            f"fail_open takes {', '.join(FAIL_OPEN_TYPES)}",
         ),
         (s.socket_mode & 0o007 == 0, "socket_mode", "must not grant access to others"),
         (_resolves(s.socket_gid), "socket_group", f"no such group {s.socket_group!r}"),

@@ -60,3 +60,6 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     PLUGIN_LOAD_ERROR = 3
     STARTUP_ERROR = 4
+    #: ``tykworker call``: the server answered on the hook's behalf (no such hook or event
+    #: handler, the hook raised, timeout, crash, overload...), not the hook itself.
+    ANSWERED = 5

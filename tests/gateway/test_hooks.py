@@ -36,11 +36,18 @@ HOOKED = api(
     },
 )
 
+#: The same auth hook, but its AuthFailure handler does not exist in tykworker.
+UNHANDLED = json.loads(json.dumps(HOOKED))
+UNHANDLED.update(api_id="unhandled", name="unhandled")
+UNHANDLED["proxy"]["listen_path"] = "/unhandled/"
+UNHANDLED["event_handlers"]["events"]["AuthFailure"][0]["handler_meta"]["name"] = "gw_missing"
+
 
 @pytest.fixture(scope="module")
 def hooked(stack):
-    HOOKED["proxy"]["target_url"] = stack.upstream.url + "/up/"
-    stack.gateway.put_apis(HOOKED)
+    for definition in (HOOKED, UNHANDLED):
+        definition["proxy"]["target_url"] = stack.upstream.url + "/up/"
+    stack.gateway.put_apis(HOOKED, UNHANDLED)
     return stack
 
 
@@ -155,3 +162,14 @@ def test_auth_without_a_hook_name_is_refused_and_a_missing_one_never_passes(stac
     assert answer.status == 500
     assert json.loads(answer.body) == {"error": "Plugin hook not found"}
     assert not [s for s in stack.upstream.seen if s.path.startswith(("/unnamed", "/missing"))]
+
+
+def test_unknown_event_handler_is_reported_and_its_reply_accepted(hooked):
+    # tykworker answers an unknown handler with an EventReply carrying the reason in an
+    # undeclared field: the gateway's decoder must skip it (no unmarshal error logged).
+    answer = hooked.get("/unhandled/x", headers={"Authorization": "bogus"})
+    assert answer.status == 403
+    wait_for(lambda: "no @Event handler 'gw_missing'" in hooked.server.log(), 20, "no_hook logged")
+    answer = hooked.get("/hooked/x", headers={"Authorization": "bogus"})  # still served
+    assert answer.status == 403
+    assert "unmarshal" not in hooked.gateway.log()

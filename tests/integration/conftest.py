@@ -30,6 +30,7 @@ import pytest
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.cli import objects
+from tykworker.config import Settings
 
 HERE = Path(__file__).parent
 PLUGINS = HERE / "plugins"
@@ -278,6 +279,12 @@ def start_server(workdir: Path) -> Iterator[Callable[..., Server]]:
         server.stop()
         leftovers = session_processes(server.proc.pid)
         assert not leftovers, f"processes left behind: {leftovers}"
+        # A tcp:// server's default runtime directory is in $TMPDIR, not in workdir: a
+        # clean stop removes it, a killed server would leave it behind.
+        if "--socket" in server.args and "--runtime-dir" not in server.args:
+            address = server.args[server.args.index("--socket") + 1]
+            if address.startswith("tcp://"):
+                shutil.rmtree(Settings(socket=address).resolved_runtime_dir(), True)
 
 
 def session_processes(sid: int) -> list[psutil.Process]:

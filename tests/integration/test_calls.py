@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 
-from .conftest import busy_with, make_object, wait_for
+from .conftest import Server, busy_with, make_object, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +120,27 @@ def test_tcp_socket(start_server, workdir):
     channel.close()
     assert reply.request.set_headers["X-Version"] == "1"
     assert server.proc.poll() is None
+    # The runtime directory of a tcp:// server is where the README says, the server's alone
+    # (a second server on that address is refused before touching it), gone once it stops.
+    runtime = Path(tempfile.gettempdir()) / f"tykworker-tcp-127.0.0.1_{port}"
+    assert (runtime / "scoreboard").is_file()
+    second_dir = Path(tempfile.mkdtemp(prefix="tw-", dir="/tmp"))
+    try:
+        second = Server(second_dir, ["--socket", f"tcp://127.0.0.1:{port}", "--workers", "1"])
+        assert second.proc.wait(30) == 2
+        assert second.stop() == 2
+        assert "another server is already listening" in second.log()
+    finally:
+        shutil.rmtree(second_dir, ignore_errors=True)
+    assert server.proc.poll() is None
+    board = subprocess.run(
+        [sys.executable, "-m", "tykworker", "status", "--json", "--socket", f"tcp://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert board.returncode == 0, board.stderr
+    assert json.loads(board.stdout)["server"]["supervisor_pid"] == server.proc.pid
+    assert server.stop() == 0
+    assert not runtime.exists()
 
 
 def _raw_call(

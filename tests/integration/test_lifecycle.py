@@ -287,3 +287,55 @@ def test_sighup_with_invalid_config_keeps_everything(start_server, workdir):
     assert "invalid configuration, keeping the current one" in server.log()
     reply = server.dispatch("Sleep", headers={"Sleep": "20"})
     assert reply.request.return_overrides.response_code == 504  # still the 0.5 s deadline
+
+
+def test_hook_in_event_handlers_is_refused_at_start(start_server, workdir):
+    # A @Hook there can never be called (Dispatch looks in middleware and bundles): refused
+    # with its place, never counted as "1 hooks" and answered no_hook later.
+    (workdir / "event_handlers").mkdir()
+    (workdir / "event_handlers" / "misplaced.py").write_text(
+        "from tyk.decorators import *\n\n\n@Hook\ndef Misplaced(request, session, spec):\n"
+        "    return request, session\n"
+    )
+    server = start_server("--workers", "1", ready=False)
+    assert server.proc.wait(30) == 3
+    log = server.log()
+    assert "misplaced.py:4: @Hook Misplaced in event_handlers directory" in log
+    assert "holds @Event handlers only" in log
+    assert "1 hooks" not in log
+
+
+def test_misspelt_tykworker_variable_is_named_by_serve_and_the_cli(start_server):
+    typo = {"TYKWORKER_WOKERS": "3"}
+    server = start_server("--workers", "1", env=typo)
+    hint = (
+        "environment TYKWORKER_WOKERS is not a tykworker setting and is ignored; "
+        "did you mean TYKWORKER_WORKERS?"
+    )
+    assert hint in server.log()
+    done = subprocess.run(
+        [sys.executable, "-m", "tykworker", "status", "--socket", server.socket],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **typo},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"tykworker: warning: {hint}" in done.stderr
+
+
+def test_reload_with_an_invalid_configuration_exits_2_and_signals_nothing(start_server):
+    # docs/cli.md: unlike a raw SIGHUP, `reload` validates first.
+    server = start_server("--workers", "1")
+    done = subprocess.run(
+        [sys.executable, "-m", "tykworker", "reload", "--socket", server.socket],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "TYKWORKER_WORKERS": "0"},
+    )
+    assert done.returncode == 2
+    assert "environment TYKWORKER_WORKERS: invalid value for 'workers'" in done.stderr
+    # A valid reload afterwards is the only one the server ever saw.
+    assert _cli("reload", "--socket", server.socket).returncode == 0
+    assert server.log().count("SIGHUP: reloading") == 1

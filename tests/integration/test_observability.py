@@ -138,7 +138,7 @@ def test_call_prints_the_reply_object(start_server, workdir):
     assert doc["spec"]["APIID"] == "demo"
 
     failed = cli(server, "call", "Raise")
-    assert failed.returncode == 0
+    assert failed.returncode == 5  # answered by tykworker on the hook's behalf
     overrides = json.loads(failed.stdout)["request"]["return_overrides"]
     assert overrides["response_code"] == 500
     assert "answered by tykworker: hook_error" in failed.stderr
@@ -148,6 +148,33 @@ def test_call_prints_the_reply_object(start_server, workdir):
 
     event = cli(server, "call", "RecordEvent", "--event", '{"Type": "AuthFailure"}')
     assert (event.returncode, json.loads(event.stdout)) == (0, {})
+
+
+def test_call_reports_an_unknown_hook_and_an_unknown_event_handler_alike(start_server):
+    server = start_server("--workers", "1")
+    hook = cli(server, "call", "NoSuchHook")
+    assert hook.returncode == 5
+    assert "answered by tykworker: no_hook (Plugin hook not found" in hook.stderr
+    event = cli(server, "call", "NoSuchHandler", "--event", '{"Type": "AuthFailure"}')
+    assert event.returncode == 5, event.stderr
+    assert "answered by tykworker: no_hook (Plugin hook not found" in event.stderr
+    assert json.loads(event.stdout) == {}
+    assert "no @Event handler 'NoSuchHandler'" in server.log()
+
+
+def test_event_metrics_are_labelled_by_handler_name(start_server, workdir):
+    path = workdir / "metrics.sock"
+    server = start_server("--workers", "1", "--metrics", str(path))
+    recorded = {"message": {"Type": "AuthFailure"}, "handler_name": "RecordEvent"}
+    for _ in range(2):
+        assert server.event(json.dumps(recorded)) == b""
+    assert server.event(json.dumps({"handler_name": "NoSuchHandler"})) != b""
+    samples = scrape_unix(path)
+    assert value(samples, "tykworker_calls_total", hook="RecordEvent", type="event") == 2
+    assert value(samples, "tykworker_calls_total", hook="NoSuchHandler", type="event") == 1
+    answers = "tykworker_answers_total"
+    assert value(samples, answers, hook="NoSuchHandler", type="event", reason="no_hook") == 1
+    assert value(samples, "tykworker_calls_total", hook="", type="event") == 0
 
 
 def test_call_exits_non_zero_on_grpc_errors(workdir):
@@ -375,3 +402,21 @@ def test_status_into_a_closed_pipe_exits_quietly(start_server):
         os.close(write_end)
     assert done.returncode == 128 + signal.SIGPIPE
     assert done.stderr == ""
+
+
+def test_failed_reload_counts_import_failures_not_restarts(start_server, workdir):
+    path = workdir / "metrics.sock"
+    server = start_server("--workers", "1", "--metrics", str(path))
+    (workdir / "middleware" / "broken.py").write_text("raise ImportError('on purpose')\n")
+    server.signal(signal.SIGHUP)
+    board = wait_for(
+        lambda: (s := status(server)["server"])["reload_failures"] == 1 and s,
+        what="the reload failed",
+    )
+    assert (board["restarts"], board["import_failures"]) == (0, 1)
+    text = cli(server, "status").stdout
+    assert "restarts 0; import failures 1; reloads 0 (1 failed)" in text
+    samples = scrape_unix(path)
+    assert value(samples, "tykworker_worker_restarts_total") == 0
+    assert value(samples, "tykworker_worker_import_failures_total") == 1
+    assert value(samples, "tykworker_reloads_total", outcome="failed") == 1

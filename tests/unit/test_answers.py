@@ -20,6 +20,7 @@ from tykworker.wire.answers import (
     ANSWER_HEADER,
     RESPONSE_HOOK,
     Reason,
+    event_answer,
     event_reply,
     failure_reply,
     override_fragment,
@@ -31,7 +32,8 @@ ALL_HOOKS = [*REQUEST_HOOKS, common_pb2.Response]
 
 
 def gateway_object(hook_type: common_pb2.HookType) -> object_pb2.Object:
-    """An Object shaped like the gateway's (PROTOCOL.md 2.1-2.5) for ``hook_type``."""
+    """An Object shaped like the gateway's for ``hook_type`` (``CoProcessor.BuildObject``,
+    gateway/coprocess.go)."""
     obj = object_pb2.Object(
         hook_type=hook_type,
         hook_name="MyHook",
@@ -172,7 +174,8 @@ def test_existing_override_headers_are_kept_and_ours_added() -> None:
         ANSWER_HEADER: "crash",
     }
     assert reply.request.return_overrides.response_code == 502
-    # response_error wins over response_body in the gateway (PROTOCOL.md 1.7).
+    # response_error wins over response_body in the gateway: CoProcessMiddleware copies it
+    # over response_body before applying return_overrides (gateway/coprocess.go).
     assert reply.request.return_overrides.response_error == "Plugin crashed"
 
 
@@ -233,4 +236,22 @@ def test_failure_reply_is_deterministic() -> None:
 def test_event_reply_is_an_empty_event_reply() -> None:
     data = event_reply()
     assert data == b""
-    assert object_pb2.EventReply.FromString(data) == object_pb2.EventReply()
+    assert object_pb2.EventReply.FromString(data).ListFields() == []  # it decodes
+
+
+def test_event_reply_carries_the_reason_in_a_field_the_gateway_skips() -> None:
+    for reason in Reason:
+        data = event_reply(reason.code)
+        assert object_pb2.EventReply.FromString(data).ListFields() == []  # it decodes
+        assert event_answer(data) == reason.code
+    assert event_answer(event_reply()) == ""
+    assert event_answer(b"\x7a\x05abc") == ""  # truncated: not ours
+
+
+def test_docs_name_the_event_answer_field() -> None:
+    from pathlib import Path
+
+    from tykworker.wire.answers import EVENT_ANSWER_FIELD
+
+    doc = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
+    assert f"(number {EVENT_ANSWER_FIELD}, skipped by the gateway's" in " ".join(doc.split())

@@ -13,12 +13,14 @@ import pytest
 
 from tykworker.config import (
     ENV_PREFIX,
+    FAIL_OPEN_TYPES,
     HOOK_TYPES,
     SETTINGS_FIELDS,
     Settings,
     add_setting_flags,
     load_settings,
     parse_address,
+    unknown_env,
 )
 from tykworker.errors import ConfigError
 
@@ -231,8 +233,14 @@ def test_every_hook_type_name_is_accepted() -> None:
     assert {name: s.timeout_for(name) for name in HOOK_TYPES} == {
         name: float(i + 1) for i, name in enumerate(HOOK_TYPES)
     }
-    allowed = [name for name in HOOK_TYPES if name != "auth"]
-    assert load_settings(cli_args("--fail-open", ",".join(allowed)), {}).fail_open == tuple(allowed)
+    allowed = ",".join(FAIL_OPEN_TYPES)
+    assert load_settings(cli_args("--fail-open", allowed), {}).fail_open == FAIL_OPEN_TYPES
+
+
+@pytest.mark.parametrize("name", sorted(set(HOOK_TYPES) - set(FAIL_OPEN_TYPES)))
+def test_fail_open_refuses_what_cannot_fail_open(name: str) -> None:
+    with pytest.raises(ConfigError, match="fail_open takes pre, post, post_key_auth, response"):
+        load_settings(cli_args("--fail-open", name), {})
 
 
 # --- errors: each names its source and key -----------------------------------------------
@@ -491,3 +499,24 @@ def test_live_settings_round_trip_through_msgpack() -> None:
     for name in LIVE_SETTINGS:
         assert getattr(applied, name) == getattr(new, name)
     assert applied.socket == old.socket  # only live settings move
+
+
+def test_unknown_tykworker_variables_are_named_with_the_closest_setting() -> None:
+    environ = {
+        "TYKWORKER_WOKERS": "3",
+        "TYKWORKER_HOOK_TIMOUT": "1",
+        "TYKWORKER_XYZZY": "1",
+        "TYKWORKER_WORKERS": "2",
+        "TYKWORKER_CONFIG": "",
+        "TYKWORKER_TEST_FRONT": "grpcio",
+        "PATH": "/bin",
+    }
+    assert unknown_env(environ) == [
+        "environment TYKWORKER_HOOK_TIMOUT is not a tykworker setting and is ignored; "
+        "did you mean TYKWORKER_HOOK_TIMEOUT?",
+        "environment TYKWORKER_WOKERS is not a tykworker setting and is ignored; "
+        "did you mean TYKWORKER_WORKERS?",
+        "environment TYKWORKER_XYZZY is not a tykworker setting and is ignored "
+        "(settings are TYKWORKER_<NAME>, NAME as in the README's table)",
+    ]
+    assert unknown_env({f"TYKWORKER_{f.name.upper()}": "" for f in SETTINGS_FIELDS}) == []

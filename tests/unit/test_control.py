@@ -28,6 +28,7 @@ messages = st.one_of(
     st.builds(control.FrontReady, pids),
     st.builds(control.Stuck, pids, pids, st.integers(0, 2**64 - 1), names, numbers),
     st.builds(control.Failed, names),
+    st.builds(control.Handler, names),
     st.builds(control.Generation, st.integers(1, 2**40)),
     st.builds(
         control.LiveSettings,

@@ -24,7 +24,9 @@ from tykworker.cli.objects import (
     parse,
 )
 from tykworker.config import Settings
+from tykworker.logs import active_call
 from tykworker.wire import answers
+from tykworker.wire.answers import event_answer
 from tykworker.wire.reasons import Reason
 from tykworker.worker.plugins import Runtime, load_runtime
 
@@ -278,11 +280,20 @@ def test_dispatch_event_calls_named_handler_with_attribute_access(runtime: Runti
 
 
 @pytest.mark.parametrize(
-    "payload",
-    [event_payload("failing_handler"), event_payload("missing"), b"\xff\xff", b"\n\x03{{{"],
+    ("payload", "reason"),
+    [
+        (event_payload("failing_handler"), Reason.HOOK_ERROR),
+        (event_payload("missing"), Reason.NO_HOOK),
+        (b"\xff\xff", Reason.BAD_REQUEST),
+        (b"\n\x03{{{", Reason.BAD_REQUEST),
+    ],
 )
-def test_dispatch_event_never_raises(runtime: Runtime, payload: bytes) -> None:
-    assert runtime.dispatch_event(payload) == b""
+def test_dispatch_event_never_raises_and_names_why_in_the_reply(
+    runtime: Runtime, payload: bytes, reason: Reason
+) -> None:
+    reply = runtime.dispatch_event(payload)
+    assert object_pb2.EventReply.FromString(reply).ListFields() == []  # decodes
+    assert event_answer(reply) == reason.code == active_call.failure
 
 
 def test_trigger_event_runs_local_event_handler(runtime: Runtime) -> None:
@@ -312,7 +323,9 @@ def shared_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime
 def test_any_payload_gets_a_decodable_reply(shared_runtime: Runtime, payload: bytes) -> None:
     reply = parse(shared_runtime.dispatch(payload))
     assert reply.request.return_overrides.response_code != 0 or reply.hook_type == RESPONSE
-    assert shared_runtime.dispatch_event(payload) == b""
+    event = shared_runtime.dispatch_event(payload)
+    assert object_pb2.EventReply.FromString(event).ListFields() == []
+    assert event_answer(event) in {"", Reason.BAD_REQUEST.code, Reason.NO_HOOK.code}
 
 
 @settings(max_examples=100, deadline=None)

@@ -21,6 +21,7 @@ def _snapshot(**kw: object) -> Snapshot:
         "target_workers": 3,
         "degraded": False,
         "restarts": 5,
+        "import_failures": 2,
         "reloads": 1,
         "reload_failures": 1,
     }
@@ -81,6 +82,7 @@ def test_server_gauges_and_supervisor_counters():
     assert samples["tykworker_degraded"][()] == 1
     assert samples["tykworker_generation"][()] == 2
     assert samples["tykworker_worker_restarts_total"][()] == 5
+    assert samples["tykworker_worker_import_failures_total"][()] == 2
     assert samples["tykworker_reloads_total"][(("outcome", "failed"),)] == 1
 
 

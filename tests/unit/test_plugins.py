@@ -312,3 +312,25 @@ def test_entry_file_with_a_reserved_name_still_loads(tmp_path: Path) -> None:
     import json
 
     assert hasattr(json, "dumps")
+
+
+IMPORT = "from tyk.decorators import *\n"
+
+
+def test_event_handlers_directory_refuses_hooks_and_counts_only_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "ok.py").write_text(f"{IMPORT}@Event\ndef Seen(event, spec):\n    pass\n")
+    settings = Settings(
+        middleware=str(EMPTY), event_handlers=str(events), runtime_dir=str(tmp_path / "run")
+    )
+    with caplog.at_level("INFO", "tykworker.plugins"):
+        load_runtime(settings).close()
+    assert f"loaded event_handlers directory {events}: 1 event handlers" in caplog.text
+    (events / "bad.py").write_text(
+        f"{IMPORT}@Hook\ndef Misplaced(request, session, spec):\n    pass\n"
+    )
+    with pytest.raises(PluginLoadError, match=r"bad\.py:2: @Hook Misplaced in event_handlers"):
+        load_runtime(settings)

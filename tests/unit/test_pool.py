@@ -126,6 +126,18 @@ def test_reload_import_failure_keeps_old_generation():
     assert outcomes(actions) == [ReloadOutcome(False, 1)] and pool.generation == 1
     assert signals(actions) == [SendSignal(401, signal.SIGTERM, "reload failed")]
     assert pool.plan(2) == []
+    pool.exited(401, None, 2)  # retired (SIGTERM) while importing
+    # Neither served: one import failure, and not a crash restart (what `restarts` counts).
+    assert (pool.import_failures, pool.restarts) == (1, 0)
+
+
+def test_replacement_that_fails_to_import_is_not_a_restart():
+    pool, pids = boot(1)
+    pool.exited(pids[0], 1, 50)  # a crash: one restart
+    pool.plan(60)
+    pool.spawned(300, 1, 0, 60)
+    pool.exited(300, 3, 61)  # its replacement meets plugin code broken on disk since
+    assert (pool.restarts, pool.import_failures) == (1, 1)
 
 
 def test_import_failure_at_boot_exits_3():

@@ -1,7 +1,8 @@
 """``tykworker call``: call a running server the way the gateway would, print the answer.
 
 A grpcurl for Tyk plugins: builds the ``coprocess.Object`` a stock gateway sends for one
-request (``objects.gateway_object``, PROTOCOL.md section 2), sends it to
+request (``objects.gateway_object``, shaped as ``CoProcessor.BuildObject`` in the gateway's
+``gateway/coprocess.go`` builds it), sends it to
 ``/coprocess.Dispatcher/Dispatch`` (or a ``coprocess.Event`` to ``DispatchEvent`` with
 ``--event``) and prints the reply as JSON (protobuf's JSON mapping with the proto field
 names; bytes fields are shown as text when they are UTF-8, base64 otherwise).
@@ -15,8 +16,11 @@ Printing: a Response hook's ``multivalue_headers`` are shown as the gateway appl
 (synchronised with ``headers``), unless ``--raw``.
 
 Runs in the CLI process only (it imports grpc; the supervisor never imports this module).
-Exit status: 0 when the server answered (even with an error answer tykworker made on the
-hook's behalf: that is noted on stderr), 1 on a gRPC error, 2 on bad arguments.
+Exit status: 0 when the hook (or event handler) answered; 5 when tykworker answered on
+its behalf (``X-Tykworker-Error`` in the reply Object, or the reason an ``EventReply``
+carries, see ``wire/answers.py``: no such hook or handler, it raised, timeout...), which is
+also named on stderr (the reply is printed all the same); 1 on a gRPC error or a reply that
+does not decode; 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from tykworker._proto import coprocess_session_state_pb2 as session_pb2
 from tykworker.cli import objects
 from tykworker.config import HOOK_TYPES, Settings, parse_address
 from tykworker.errors import ConfigError, ExitCode
+from tykworker.wire import answers
 from tykworker.wire.answers import ANSWER_HEADER
+from tykworker.wire.reasons import Reason
 
 DISPATCH = "/coprocess.Dispatcher/Dispatch"
 DISPATCH_EVENT = "/coprocess.Dispatcher/DispatchEvent"
@@ -285,8 +291,8 @@ def _print_reply(
     (``objects.sync_response_headers``): what the client would get. A request hook that
     edited ``request.headers`` (which the gateway ignores) gets a note on stderr."""
     if event:
-        print(json.dumps({}))  # EventReply is empty; the gateway ignores it
-        return ExitCode.OK
+        print(json.dumps({}))  # EventReply declares no field; the gateway ignores it
+        return _answered_by_tykworker(answers.event_answer(reply))
     try:
         obj = object_pb2.Object.FromString(reply)
     except DecodeError as exc:
@@ -302,9 +308,18 @@ def _print_reply(
             "request.add_header/delete_header (set_headers, delete_headers) change the request",
             file=sys.stderr,
         )
-    answered = obj.request.return_overrides.headers.get(ANSWER_HEADER) or (
-        obj.response.headers.get(ANSWER_HEADER)
+    return _answered_by_tykworker(
+        obj.request.return_overrides.headers.get(ANSWER_HEADER)
+        or obj.response.headers.get(ANSWER_HEADER, "")
     )
-    if answered:
-        print(f"tykworker call: answered by tykworker: {answered}", file=sys.stderr)
-    return ExitCode.OK
+
+
+def _answered_by_tykworker(code: str) -> int:
+    """Name on stderr the reason tykworker answered for the hook (``code``, empty: the
+    hook answered itself); the exit status."""
+    if not code:
+        return ExitCode.OK
+    reason = next((r for r in Reason if r.code == code), None)
+    why = f"{code} ({reason.message}; the server's log says more)" if reason else code
+    print(f"tykworker call: answered by tykworker: {why}", file=sys.stderr)
+    return ExitCode.ANSWERED

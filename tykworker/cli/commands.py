@@ -19,11 +19,14 @@ import time
 from collections.abc import Sequence
 
 from tykworker import __version__, logs
-from tykworker.config import Settings, add_setting_flags, load_settings
+from tykworker.config import Settings, add_setting_flags, load_settings, unknown_env
 from tykworker.errors import ConfigError, ExitCode
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
 
 log = logging.getLogger("tykworker")
+
+#: The settings ``reload`` and ``status`` use: where the server's runtime directory is.
+FINDS_THE_SERVER = ("socket", "runtime_dir")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,17 +36,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tykworker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (supervisor, front and workers)")
-    add_setting_flags(serve)
+    add_setting_flags(serve, defaults=True)
     for name, text in (
         ("reload", "rolling reload of a running server (SIGHUP)"),
         ("status", "show what every worker of a running server is doing"),
     ):
         cmd = sub.add_parser(name, help=text)
-        add_setting_flags(cmd)
+        add_setting_flags(cmd, FINDS_THE_SERVER)  # (the config is still validated whole)
         if name == "status":
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
         else:
-            cmd.add_argument("--wait", type=float, default=120.0, help="seconds to wait")
+            cmd.add_argument(
+                "--wait",
+                type=float,
+                default=120.0,
+                metavar="SECONDS",
+                help="how long to wait for the new generation (default: 120); then exit 1",
+            )
     call = sub.add_parser(
         "call", help="call a hook of a running server as the gateway would; print the reply"
     )
@@ -82,6 +91,8 @@ CHILDREN = Children(front=_run_front, worker=_run_worker)
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
+    for warning in unknown_env(os.environ):
+        log.warning("%s", warning)
     from tykworker.supervisor.process import serve
 
     return serve(settings, lambda: _settings(args), CHILDREN)
@@ -161,6 +172,9 @@ def cmd_call(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"serve": cmd_serve, "reload": cmd_reload, "status": cmd_status, "call": cmd_call}
+    if args.command != "serve":  # serve logs them (cmd_serve), in its log format
+        for warning in unknown_env(os.environ):  # a misspelt TYKWORKER_* is ignored: say so
+            print(f"tykworker: warning: {warning}", file=sys.stderr)
     try:
         return commands[args.command](args)
     except ConfigError as exc:

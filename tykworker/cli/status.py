@@ -46,8 +46,8 @@ def render_status(settings: Settings, as_json: bool = False) -> str:
         f"workers target {header.target_workers}; queue {header.queue_depth}; calls "
         f"{header.calls}; timeouts {header.timeouts}; crashes {header.crashes}; "
         f"overloads {header.overloads}; plugin errors {header.errors}; "
-        f"restarts {header.restarts}; reloads {header.reloads} "
-        f"({header.reload_failures} failed)",
+        f"restarts {header.restarts}; import failures {header.import_failures}; "
+        f"reloads {header.reloads} ({header.reload_failures} failed)",
         f"{'PID':>8} {'GEN':>4} {'STATE':<9} {'CALLS':>8} {'RSS MiB':>8}  CURRENT",
     ]
     for s in slots:

@@ -230,7 +230,7 @@ class Front:
             fail_open = hook in self.settings.fail_open
             reply = answers.failure_reply(call.payload, call.hook_type, reason, fail_open)
         else:
-            reply = answers.event_reply()
+            reply = answers.event_reply(reason.code)
         self._count(reason)
         if self.stats is not None:
             self.stats.observe_answer(hook, call.hook_name, reason.code)
@@ -310,19 +310,26 @@ class Front:
             raise RemoteProtocolError(f"unexpected {frame.kind.name} frame from a worker")
 
     def _on_worker_control(self, conn_id: int, frame: Frame) -> None:
-        """``Failed``: the plugin failed the call ``frame.call_id`` (its REPLY follows).
-        Anything else is logged and dropped: the frame itself was well delimited."""
+        """``Failed``: the plugin failed the call ``frame.call_id`` (its REPLY follows);
+        ``Handler``: the handler name of that EVENT call (metrics label). Anything else is
+        logged and dropped: the frame itself was well delimited."""
         try:
             message = control.decode(frame.payload)
         except ProtocolError as exc:
             log.warning("bridge connection %d: bad control message dropped: %s", conn_id, exc)
             return
         worker = self.router.workers.get(conn_id)
-        if not isinstance(message, control.Failed) or worker is None:
+        if worker is None:
             return
         call = next((c for c in worker.calls if c.call_id == frame.call_id), None)
         if call is None:
             return  # the call was already answered (timeout): it is counted there
+        if isinstance(message, control.Handler):
+            if call.kind == FrameKind.EVENT:
+                call.hook_name = message.name
+            return
+        if not isinstance(message, control.Failed):
+            return
         self.counters.errors += 1
         self.board.write_header(errors=self.counters.errors)
         if self.stats is not None:

@@ -124,6 +124,7 @@ class Snapshot:
     target_workers: int
     degraded: bool
     restarts: int
+    import_failures: int
     reloads: int
     reload_failures: int
 
@@ -185,6 +186,11 @@ class FrontCollector(Collector):
             "tykworker_worker_restarts",
             "Workers replaced after a crash or a kill",
             value=snap.restarts,
+        )
+        yield CounterMetricFamily(
+            "tykworker_worker_import_failures",
+            "Workers that exited because their plugins failed to import (failed reloads)",
+            value=snap.import_failures,
         )
         reloads = CounterMetricFamily(
             "tykworker_reloads", "Rolling reloads, by outcome", labels=["outcome"]
@@ -272,6 +278,7 @@ def snapshot(router: Router, header: HeaderView, serving: bool) -> Snapshot:
         target_workers=header.target_workers,
         degraded=header.degraded,
         restarts=header.restarts,
+        import_failures=header.import_failures,
         reloads=header.reloads,
         reload_failures=header.reload_failures,
     )

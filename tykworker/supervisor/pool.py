@@ -132,7 +132,8 @@ class Pool:
     not_before: dict[tuple[int, int], float] = field(default_factory=dict)
     front_ready: bool = False
     fast_stop: bool = False
-    restarts: int = 0
+    restarts: int = 0  # workers that died after starting (crash, kill); refilled
+    import_failures: int = 0  # workers that exited because plugins failed to import
     abandoned: set[int] = field(default_factory=set)  # generations whose reload failed
     exit_code: int = ExitCode.OK
     # Actions decided while handling an input; ``plan`` returns them first.
@@ -166,7 +167,9 @@ class Pool:
             return
         if proc.is_front:
             self.front_ready = False
-        if code == ExitCode.PLUGIN_LOAD_ERROR and proc.state is ProcState.STARTING:
+        import_failed = code == ExitCode.PLUGIN_LOAD_ERROR and proc.state is ProcState.STARTING
+        if import_failed:
+            self.import_failures += 1
             self._import_failed(proc)
         if self.phase is Phase.STOPPING or proc.state is ProcState.RETIRING:
             return
@@ -179,7 +182,7 @@ class Pool:
         count = self.failures.get(key, 0) + 1
         self.failures[key] = count
         self.not_before[key] = now + min(BACKOFF_START * 2 ** (count - 1), BACKOFF_MAX)
-        self.restarts += 1
+        self.restarts += not import_failed  # counted apart: it never served
 
     def reload(self, target: int | None = None) -> None:
         """SIGHUP: roll a new generation, of ``target`` workers if given."""

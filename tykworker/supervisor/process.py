@@ -4,7 +4,7 @@ It never imports grpc (grpcio cannot survive ``fork`` once a gRPC object exists)
 runs plugin code: both happen only in children. ``pool.Pool`` decides; this module acts
 (fork, signal, reap, sd_notify, scoreboard header).
 
-Loop (STYLE.md §4): signal handlers only push the signal number on a queue; the loop
+Loop: signal handlers only push the signal number on a queue; the loop
 blocks in ``selectors`` on the signal wake-up socket and each child's channel
 (channels.py: one per child, read and checked per sender), with a timeout
 taken from ``Pool.next_wakeup``. No fixed polling.
@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import sys
@@ -97,6 +98,10 @@ class Supervisor:
         # Private even when it already existed (e.g. a 0755 RuntimeDirectory=): the store
         # in it holds plugin data, created with the usual 0644.
         os.chmod(self.runtime_dir, 0o750)
+        # First, before touching the scoreboard or the pid file: a live server that owns
+        # this runtime directory (tcp://, where no public path was claimed) is refused here.
+        self.bridge_path = self.runtime_dir / "bridge.sock"
+        self.bridge = sockets.bind_unix_listener(self.bridge_path, 0o600)
         for stale in self.runtime_dir.glob("stack.*"):  # left by a supervisor that was killed
             stale.unlink(missing_ok=True)
         self.identity = identity = self._worker_identity()
@@ -107,8 +112,6 @@ class Supervisor:
             store.close()
         self.board.write_header(target_workers=self.pool.target, generation=1)
         (self.runtime_dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
-        self.bridge_path = self.runtime_dir / "bridge.sock"
-        self.bridge = sockets.bind_unix_listener(self.bridge_path, 0o600)
         if identity is not None:
             self._share_runtime_dir(*identity[:2])
         self.wake_r, self.wake_w = socket.socketpair()
@@ -476,6 +479,7 @@ class Supervisor:
         self.board.write_header(
             generation=pool.generation,
             restarts=pool.restarts,
+            import_failures=pool.import_failures,
             degraded=pool.degraded,
             target_workers=pool.target,
         )
@@ -507,6 +511,10 @@ class Supervisor:
         kind, address = parse_address(self.settings.socket)
         if kind == "unix" and Path(address).is_socket():
             Path(address).unlink(missing_ok=True)
+        if kind == "tcp" and not self.settings.runtime_dir:
+            # $TMPDIR/tykworker-tcp-HOST_PORT is this server's alone (README, runtime_dir):
+            # gone with it, embedded store included, so stopped servers leave nothing.
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def _children() -> list[psutil.Process]:

@@ -23,8 +23,11 @@ unavailable   return_overrides 503 "Plugin unavailable"  response 503 + JSON err
 ============  =========================================  ==================================
 
 Fail *open* (opt-in per hook type, never for auth): the original bytes unchanged, i.e. the
-request or response continues as if the hook had done nothing. Events get an empty
-``EventReply`` whatever happened (the gateway ignores it).
+request or response continues as if the hook had done nothing. Events get an
+``EventReply`` whatever happened (the gateway ignores it): empty when the handler ran, else
+carrying the reason code in field ``EVENT_ANSWER_FIELD``, which ``EventReply`` does not
+declare (the gateway's decoder skips an unknown field; ``tykworker call --event`` reads it
+with ``event_answer``), as the ``X-Tykworker-Error`` header marks a Dispatch answer.
 """
 
 from __future__ import annotations
@@ -84,6 +87,24 @@ def failure_reply(original: bytes, hook_type: int, reason: Reason, fail_open: bo
     return original + _cached_fragment(hook_type, reason)
 
 
-def event_reply() -> bytes:
-    """The (empty) ``EventReply`` every DispatchEvent gets."""
-    return b""
+#: Undeclared ``EventReply`` field (length-delimited) holding the reason code of an event
+#: call tykworker answered for its handler (``no_hook``, ``hook_error``, ``timeout``...).
+EVENT_ANSWER_FIELD: Final = 15
+_EVENT_ANSWER_TAG: Final = bytes([EVENT_ANSWER_FIELD << 3 | 2])
+
+
+@cache
+def event_reply(code: str = "") -> bytes:
+    """The ``EventReply`` of a DispatchEvent: empty when its handler ran, else carrying
+    ``code`` (a ``Reason.code``, always shorter than 128 bytes) in ``EVENT_ANSWER_FIELD``."""
+    if not code:
+        return b""
+    data = code.encode()
+    return _EVENT_ANSWER_TAG + bytes([len(data)]) + data
+
+
+def event_answer(reply: bytes) -> str:
+    """The reason code an ``event_reply`` carries, ``""`` for an empty (or foreign) one."""
+    if len(reply) < 2 or reply[:1] != _EVENT_ANSWER_TAG or len(reply) != 2 + reply[1]:
+        return ""
+    return reply[2:].decode("utf-8", "replace")

@@ -9,8 +9,9 @@ Channels (see supervisor/process.py for who holds which descriptor):
 * **settings**: the same channel of the front, the other way: ``LiveSettings`` (SIGHUP)
   and ``Generation``.
 * **bridge** (worker -> front): the payload of the HELLO frame is a ``Hello``; a CONTROL
-  frame carrying ``Failed`` precedes the REPLY of a call the plugin failed. DRAIN frames
-  have no payload.
+  frame carrying ``Failed`` precedes the REPLY of a call the plugin failed, and one
+  carrying ``Handler`` precedes (and ``Failed``) the REPLY of every EVENT call. DRAIN
+  frames have no payload.
 
 Payloads are msgpack maps ``{"op": name, field: value...}``. Invariants:
 
@@ -93,6 +94,17 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Handler:
+    """Worker -> front (bridge, call id in the frame header), EVENT calls only: the handler
+    name the ``coprocess.Event`` asked for, which the front never reads itself; it labels
+    the call's metrics and logs. Dispatch calls never carry one (the front peeks their
+    hook name from the Object's header)."""
+
+    op: ClassVar[str] = "handler"
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class LiveSettings:
     """Supervisor -> front: the settings a SIGHUP applies without a restart
     (``config.LIVE_SETTINGS``)."""
@@ -127,9 +139,10 @@ class Generation:
     generation: int
 
 
-Message = Hello | WorkerReady | FrontReady | Stuck | Failed | LiveSettings | Generation
+Message = Hello | WorkerReady | FrontReady | Stuck | Failed | Handler | LiveSettings | Generation
 _TYPES: Final[dict[str, type[Message]]] = {
-    t.op: t for t in (Hello, WorkerReady, FrontReady, Stuck, Failed, LiveSettings, Generation)
+    t.op: t
+    for t in (Hello, WorkerReady, FrontReady, Stuck, Failed, Handler, LiveSettings, Generation)
 }
 
 
@@ -183,6 +196,7 @@ _CHECKS: Final[dict[type[Message], dict[str, Callable[[object], object]]]] = {
     FrontReady: {"pid": _PID},
     Stuck: {"pid": _PID, "worker": _PID, "call_id": _int(0), "hook": _str, "elapsed": _number},
     Failed: {"reason": _str},
+    Handler: {"name": _str},
     Generation: {"generation": _int(1)},
     LiveSettings: {
         "hook_timeout": _positive,
@@ -261,6 +275,7 @@ __all__ = [
     "Failed",
     "FrontReady",
     "Generation",
+    "Handler",
     "Hello",
     "LiveSettings",
     "Message",

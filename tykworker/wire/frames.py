@@ -81,7 +81,7 @@ def encode_header(kind: FrameKind, call_id: int, length: int) -> bytes:
     try:
         return HEADER.pack(MAGIC, VERSION, kind, length, call_id)
     except struct.error as exc:
-        # This module raises only ProtocolError subclasses (STYLE.md section 9).
+        # This module raises only ProtocolError subclasses (errors.py).
         raise LocalProtocolError(f"cannot encode a frame header: {exc}") from exc
 
 

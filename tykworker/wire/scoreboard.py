@@ -5,7 +5,8 @@ front and every worker, and read-only by the status command. Layout: one header 
 then ``MAX_SLOTS`` fixed-size worker slots.
 
 Single-writer rule (so no locks are needed):
-* header "supervisor" fields (pid, generation, target, restarts, degraded, started_at):
+* header "supervisor" fields (pid, generation, target, restarts, degraded, started_at,
+  reloads, reload failures, import failures):
   written only by the supervisor;
 * header "front" fields (queue depth, call/timeout/crash/overload counters, ``errors`` =
   plugin errors the workers reported): written only by the front;
@@ -29,8 +30,9 @@ from typing import Final
 MAGIC: Final = b"TWSB0001"
 MAX_SLOTS: Final = 256
 # magic, sup pid, front pid, generation, target workers, restarts, degraded, started_at,
-# queue depth, calls, timeouts, crashes, overloads, errors, reloads, reload failures
-_HEADER: Final = struct.Struct("<8sIIIIQBdIQQQQQII")
+# queue depth, calls, timeouts, crashes, overloads, errors, reloads, reload failures,
+# import failures (appended: older readers read the prefix)
+_HEADER: Final = struct.Struct("<8sIIIIQBdIQQQQQIIQ")
 HEADER_SIZE: Final = 128
 _HEADER_NAMES: Final = [
     "supervisor_pid",
@@ -48,6 +50,7 @@ _HEADER_NAMES: Final = [
     "errors",
     "reloads",
     "reload_failures",
+    "import_failures",
 ]
 
 
@@ -61,7 +64,7 @@ def _field_offsets(fmt: str, names: list[str]) -> dict[str, tuple[str, int]]:
     return out
 
 
-_HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQII", _HEADER_NAMES)
+_HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQIIQ", _HEADER_NAMES)
 # seq, pid, generation, state, call_id, started_at, calls, rss, hook name (48 bytes)
 _SLOT: Final = struct.Struct("<IIIBQdQQ48s")
 SLOT_SIZE: Final = 96
@@ -106,6 +109,9 @@ class HeaderView:
     errors: int
     reloads: int
     reload_failures: int
+    #: Workers that exited because their plugins failed to import (a failed reload, or a
+    #: replacement started after the code on disk broke); not in ``restarts``.
+    import_failures: int
 
 
 class Scoreboard:

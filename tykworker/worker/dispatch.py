@@ -1,6 +1,7 @@
 """One call: ``coprocess.Object`` bytes -> handler -> reply bytes (and events).
 
-Calling conventions (PROTOCOL.md 5.4), chosen by the handler's ``arg_count`` only:
+Calling conventions (Tyk's own: ``TykMiddleware.process`` in the gateway's
+``coprocess/python/tyk/middleware.py``), chosen by the handler's ``arg_count`` only:
 
 ====  ==================================================  ==============================
 args  call                                                must return
@@ -125,9 +126,10 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
 def drop_ignored_copies(obj: object_pb2.Object) -> None:
     """Clear what the gateway never reads back: the text copies ``request.body`` and
     ``response.body`` of a body it also sends (and reads back) as ``raw_body``. Only
-    ``raw_body`` becomes the upstream request or the client's response (PROTOCOL.md,
-    "Ignored on return"), so echoing the copy would only double a UTF-8 body's bytes on
-    the way back (serialising, the bridge, the front and the gateway's decoder)."""
+    ``raw_body`` becomes the upstream request or the client's response
+    (``ObjectPostProcess`` and the Response hook handling in the gateway's
+    ``gateway/coprocess.go``), so echoing the copy would only double a UTF-8 body's bytes
+    on the way back (serialising, the bridge, the front and the gateway's decoder)."""
     obj.request.ClearField("body")
     if obj.HasField("response"):
         obj.response.ClearField("body")
@@ -220,13 +222,18 @@ def _adopt(
 
 
 def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
-    """Run the ``@Event`` handler named in a ``coprocess.Event``; always the empty reply."""
+    """Run the ``@Event`` handler named in a ``coprocess.Event``. The reply is the empty
+    ``EventReply`` when it ran, else one carrying the reason (``answers.event_reply``:
+    ``bad_request``, ``no_hook``, ``hook_error``), also noted in ``active_call.failure``.
+    ``active_call.hook`` is set to the handler name (the worker loop tells the front)."""
+    active_call.hook = active_call.failure = ""
     try:
         data = json.loads(object_pb2.Event.FromString(payload).payload)
         event = TykEvent(data)
     except (DecodeError, ValueError) as exc:
         calls_log.warning("undecodable DispatchEvent payload: %s", exc)
-        return answers.event_reply()
+        active_call.failure = Reason.BAD_REQUEST.code
+        return answers.event_reply(active_call.failure)
     spec = event.spec if isinstance(event.spec, dict) else {}
     name, api_id = str(event.handler_name or ""), str(spec.get("APIID", ""))
     context = CallContext(hook=name, api_id=api_id, spec=spec)
@@ -240,7 +247,7 @@ def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
             )
         else:
             run_event(target, event)
-    return answers.event_reply()
+    return answers.event_reply(active_call.failure)
 
 
 def run_event(target: Target, event: TykEvent) -> None:

@@ -20,8 +20,10 @@ gets exactly one REPLY
 (the runtime never raises for plugin errors). A call the plugin failed (hook raised, no such
 hook, bad payload) is announced by a CONTROL frame ``{"op": "failed", "reason": code}``
 with the same call id right before its REPLY, so the front can count plugin errors without
-parsing the Object. ``logs.active_call`` names the call in progress (log fields, slow-call
-log with ``slow_call_threshold``).
+parsing the Object; an EVENT call's REPLY is preceded by ``{"op": "handler", "name": ...}``
+(then ``failed``, if any), the name the front labels it with (DISPATCH calls: none).
+``logs.active_call`` names the call in progress (log fields, slow-call log with
+``slow_call_threshold``).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ _IOV_MAX = 512  # buffers per sendmsg (the kernel's limit is 1024)
 
 
 class _Signals:
-    """Signal handlers record, and the loop acts (STYLE.md §4), with one exception: a
+    """Signal handlers record, and the loop acts, with one exception: a
     fast stop (SIGQUIT/SIGINT) while a hook runs exits from the handler at once
     (``os._exit``), since the loop regains control only when the hook returns."""
 
@@ -235,6 +237,9 @@ class Worker:
         if logs.active_call.failure:  # tell the front before the reply (its metrics)
             failed = control.Failed(logs.active_call.failure)
             head = control.encode_frame_of(failed, call_id) + head
+        if kind == FrameKind.EVENT:  # the handler's name, which the front cannot read
+            named = control.Handler(logs.active_call.hook)
+            head = control.encode_frame_of(named, call_id) + head
         self.out += (head, reply)
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)

@@ -4,16 +4,20 @@ Scopes (each one hook table, each with its own import isolation, see ``scope.py`
 
 * the ``middleware`` directory: every ``*.py`` file in it (sorted, ``_*`` skipped) is an
   entry module; objects without a usable bundle are served from here;
-* the ``event_handlers`` directory: same rules, for ``@Event`` handlers;
+* the ``event_handlers`` directory: same rules, for ``@Event`` handlers only. A ``@Hook``
+  there could never be called (Dispatch looks in middleware and bundles), so it is a
+  ``PluginLoadError`` naming the file and line, not a hook counted at start and answered
+  ``no_hook`` later;
 * each bundle under ``bundles``: a directory holding ``manifest.json``. Its key is its
   name when that is 32 hex digits (already named by the hash, as the gateway unpacks
   them), else ``md5(name)`` (and ``md5(name + ".zip")``), matching ``spec["bundle_hash"]``.
   A directory without ``manifest.json`` whose subfolders have one is a merged bundle
   (the gateway's layout for ``"a.zip,b.zip"``): each part loads in its own scope and
   their hooks form one table.
-  Entry module (PROTOCOL.md 5.3): the single file of ``file_list`` when it has exactly one
-  entry, else ``middleware.py``. A bundle with no Python entry (a gRPC-only bundle whose
-  manifest only carries ``custom_middleware``) has no hooks.
+  Entry module (as ``TykMiddleware.__init__`` in the gateway's
+  ``coprocess/python/tyk/middleware.py`` picks it): the single file of ``file_list`` when
+  it has exactly one entry, else ``middleware.py``. A bundle with no Python entry (a
+  gRPC-only bundle whose manifest only carries ``custom_middleware``) has no hooks.
 
 Registration: every handler created while a scope's files execute (decorators record
 themselves) joins that scope's table under its function name. Two handlers with one name
@@ -88,12 +92,22 @@ class Registry:
 
 
 def build_registry(
-    label: str, scope: Scope | None, handlers: Iterable[HandlerDecorator]
+    label: str,
+    scope: Scope | None,
+    handlers: Iterable[HandlerDecorator],
+    events_only: bool = False,
 ) -> Registry:
-    """Index ``handlers`` by name; raise ``PluginLoadError`` on a duplicate name."""
+    """Index ``handlers`` by name; raise ``PluginLoadError`` on a duplicate name, and with
+    ``events_only`` on any ``@Hook`` (no Dispatch call can reach it)."""
     registry = Registry(label, scope)
     seen: dict[str, HandlerDecorator] = {}
     for handler in handlers:
+        if events_only and not handler.is_event:
+            raise PluginLoadError(
+                f"{handler.filename}:{handler.lineno}: @Hook {handler.name} in {label}, which "
+                "holds @Event handlers only: hooks are served from the middleware directory "
+                "or a bundle; move it there"
+            )
         first = seen.setdefault(handler.name, handler)
         if first is not handler:
             raise PluginLoadError(
@@ -130,8 +144,11 @@ def describe_import_error(exc: BaseException, root: Path) -> str:
     return f"{where}: {type(exc).__name__}: {exc}\n{text}"
 
 
-def load_scope(label: str, root: Path, entries: Iterable[Path]) -> Registry:
-    """Execute ``entries`` in a new scope rooted at ``root``; return its table."""
+def load_scope(
+    label: str, root: Path, entries: Iterable[Path], events_only: bool = False
+) -> Registry:
+    """Execute ``entries`` in a new scope rooted at ``root``; return its table (see
+    ``build_registry`` for ``events_only``). The log line counts what calls can reach."""
     scope = Scope(label, root)
     with collecting() as handlers, scope.active():
         for path in entries:
@@ -141,27 +158,31 @@ def load_scope(label: str, root: Path, entries: Iterable[Path]) -> Registry:
                 raise PluginLoadError(
                     f"{label}: cannot import {path}: {describe_import_error(exc, root)}"
                 ) from exc
-    registry = build_registry(label, scope, handlers)
-    log.info(
-        "loaded %s: %d hooks, %d event handlers",
-        label,
-        len(registry.hooks),
-        len(registry.events),
-    )
+    registry = build_registry(label, scope, handlers, events_only)
+    if events_only:
+        log.info("loaded %s: %d event handlers", label, len(registry.events))
+    else:
+        log.info(
+            "loaded %s: %d hooks, %d event handlers",
+            label,
+            len(registry.hooks),
+            len(registry.events),
+        )
     return registry
 
 
-def load_directory(label: str, directory: Path) -> Registry:
+def load_directory(label: str, directory: Path, events_only: bool = False) -> Registry:
     """Every ``*.py`` file of ``directory`` (none if it does not exist)."""
     if not directory.is_dir():
         log.warning("%s directory %s does not exist: no handlers", label, directory)
         return Registry(label)
     entries = sorted(p for p in directory.glob("*.py") if not p.name.startswith(("_", ".")))
-    return load_scope(f"{label} directory {directory}", directory.resolve(), entries)
+    return load_scope(f"{label} directory {directory}", directory.resolve(), entries, events_only)
 
 
 def bundle_entry(bundle: Path) -> Path | None:
-    """The entry module of a bundle by PROTOCOL.md 5.3, ``None`` for a code-less bundle."""
+    """The entry module of a bundle (rule in the module docstring), ``None`` for a
+    code-less bundle."""
     manifest_path = bundle / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -397,7 +418,9 @@ def load_runtime(settings: Settings) -> Runtime:
     runtime.activate()
     try:
         runtime.middleware = load_directory("middleware", Path(settings.middleware))
-        runtime.event_handlers = load_directory("event_handlers", Path(settings.event_handlers))
+        runtime.event_handlers = load_directory(
+            "event_handlers", Path(settings.event_handlers), events_only=True
+        )
         bundles.load_all()
     except BaseException:
         runtime.close()

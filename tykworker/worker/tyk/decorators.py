@@ -5,8 +5,8 @@ A decorator wraps a plain function in a handler object that remembers the functi
 (the hook name the gateway sends) and its calling convention, given as ``arg_count``:
 
 * ``Hook`` keeps Tyk's rule: ``arg_count`` is the number of positional parameters of the
-  function (3, 4 or 5 select the conventions of PROTOCOL.md 5.4; anything else cannot be
-  called as a hook and is answered as a plugin error).
+  function (3, 4 or 5 select the conventions of ``worker/dispatch.py``; anything else
+  cannot be called as a hook and is answered as a plugin error).
 * The typed decorators fix the convention, as their names promised in Tyk (where they never
   worked): ``Pre``/``Post``/``PostKeyAuth`` -> 3 arguments, ``CustomKeyCheck`` -> 4,
   ``Response`` -> 5. A function that cannot take that many positional arguments is rejected

@@ -1,8 +1,9 @@
 """``tyk.event``: the event object handed to ``@Event`` handlers.
 
 ``TykEvent(json_text)`` exposes the top-level keys of the DispatchEvent payload
-(PROTOCOL.md 2.7) as attributes: ``message`` (dict with ``Type``, ``Meta``, ``TimeStamp``),
-``handler_name`` and ``spec`` (dict with ``APIID``, ``OrgID``). Nested values stay plain
+(``CoProcessEventWrapper`` in the gateway's ``gateway/coprocess_events.go``) as
+attributes: ``message`` (dict with ``Type``, ``Meta``, ``TimeStamp``), ``handler_name``
+and ``spec`` (dict with ``APIID``, ``OrgID``). Nested values stay plain
 dicts, as in Tyk. Missing keys read as ``None``/empty rather than raising.
 """
 

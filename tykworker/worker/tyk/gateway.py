@@ -1,7 +1,8 @@
 """``gateway.TykGateway``: the gateway API Tyk plugins call (``from gateway import
 TykGateway as tyk``), plus the per-call context the runtime sets for it.
 
-Semantics kept from Tyk's embedded Python (PROTOCOL.md 5.6):
+Semantics kept from Tyk's embedded Python (the gateway's ``coprocess/python/tyk/gateway.py``
+and its Go side, ``gateway/coprocess_api.go``):
 * ``store_data(key, value, ttl)`` stores under ``"coprocess-data:" + key``, ``ttl`` in
   seconds (``<= 0``: no expiry); ``get_data(key)`` returns ``bytes``, ``b""`` when missing
   or on error. Store errors are logged, never raised into the plugin.
