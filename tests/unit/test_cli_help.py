@@ -24,7 +24,7 @@ def options(command: str) -> dict[str, str]:
     out: dict[str, str] = {}
     flag = ""
     for line in section.splitlines():
-        found = re.match(r"  (-h, --help|--[\w-]+)(?: [A-Z_:=]+)?(?:\s{2,}(.*))?$", line)
+        found = re.match(r"  (-h, --help|--[\w-]+)(?: \[?[A-Z_:=]+\]?)?(?:\s{2,}(.*))?$", line)
         if found:
             flag = found.group(1).split(", ")[-1]
             out[flag] = found.group(2) or ""
