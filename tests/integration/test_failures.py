@@ -129,3 +129,31 @@ def test_worker_stuck_on_a_call_the_client_abandoned_is_still_replaced(start_ser
     wait_for(lambda: server.worker_pids() and stuck not in server.worker_pids(), what="replace")
     assert f"worker pid {stuck} stuck on call" in server.log()
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
+
+
+@pytest.mark.parametrize("hook_type", ["pre", "response"])
+def test_reply_over_max_message_gets_500_and_keeps_the_worker(start_server, hook_type):
+    """A hook whose reply is over ``max_message_mb`` gets the plugin-error answer (the
+    original request echoed) from the worker that ran it, which keeps serving: no crash,
+    no restart, no crash backoff for the next call."""
+    server = start_server("--workers", "1", "--max-message-mb", "1")
+    (pid,) = server.worker_pids()
+    size = str(2 * 1024 * 1024)
+    if hook_type == "pre":
+        reply = server.dispatch("Inflate", headers={"Size": size}, body=b"original")
+        overrides = reply.request.return_overrides
+        assert (overrides.response_code, overrides.response_error) == (500, "Plugin error")
+        assert overrides.headers["X-Tykworker-Error"] == "hook_error"
+        assert reply.request.raw_body == b"original"  # the request, not the hook's reply
+        assert "X-Worker-Pid" not in reply.request.set_headers
+    else:
+        reply = server.dispatch("Inflate", "response", headers={"Size": size})
+        assert reply.response.status_code == 500
+        assert reply.response.headers["X-Tykworker-Error"] == "hook_error"
+    log = wait_for(lambda: "over max_message_mb" in server.log() and server.log())
+    assert "hook Inflate built a reply of 2" in log  # 2 MiB and a few bytes
+    small = server.dispatch("Inflate", headers={"Size": "10"})
+    assert small.request.raw_body == b"x" * 10
+    assert small.request.set_headers["X-Worker-Pid"] == str(pid)
+    assert server.worker_pids() == {pid}
+    assert "exited with code" not in server.log()

@@ -52,6 +52,7 @@ from tykworker.wire.frames import (
 )
 from tykworker.wire.handoff import WorkerSpec
 from tykworker.wire.scoreboard import Scoreboard, SlotState
+from tykworker.worker.dispatch import oversized_reply
 
 log = logging.getLogger("tykworker.worker")
 
@@ -99,6 +100,7 @@ class Worker:
         self.process = psutil.Process()
         self.rss = 0
         self.label = f"worker {spec.seat} gen {spec.generation}"
+        self.max_reply = settings.max_message_bytes
 
     def run(self) -> int:
         signals = _Signals()
@@ -211,6 +213,8 @@ class Worker:
         self._set_state(SlotState.BUSY, call_id, hook)
         proctitle.set(f"{self.label} running {hook or '?'}")
         reply = run(payload)
+        if len(reply) > self.max_reply:  # would break the bridge: a defined answer instead
+            reply = oversized_reply(payload, len(reply), self.max_reply)
         logs.end_call()
         head = encode_header(FrameKind.REPLY, call_id, len(reply))
         if logs.active_call.failure:  # tell the front before the reply (its metrics)

@@ -75,6 +75,14 @@ def BigBody(request, session, spec):
 
 
 @Hook  # noqa: F405
+def Inflate(request, session, spec):
+    """A reply body of ``Size`` bytes (tests of replies over ``max_message_mb``)."""
+    request.object.raw_body = b"x" * int(request.get_header("Size") or "0")
+    request.add_header("X-Worker-Pid", str(os.getpid()))
+    return request, session
+
+
+@Hook  # noqa: F405
 def Store(request, session, spec):
     key = request.get_header("Key")
     if request.object.method == "PUT":
