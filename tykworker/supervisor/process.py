@@ -185,9 +185,21 @@ class Supervisor:
 
     def _wait(self, timeout: float) -> None:
         self.notifier.watchdog_ping()
-        for key, _ in self.selector.select(min(timeout, self._watchdog_period())):
+        # State changes systemd's full queue could not take wait for room here, in the
+        # loop, never in a blocking send (systemd.py).
+        notify = self.notifier.waiting_socket()
+        if notify is not None:
+            self.selector.register(notify, selectors.EVENT_WRITE)
+        try:
+            ready = self.selector.select(min(timeout, self._watchdog_period()))
+        finally:
+            if notify is not None:
+                self.selector.unregister(notify)
+        for key, _ in ready:
             if key.fileobj is self.wake_r:
                 self._drain_wakeups()
+            elif key.fileobj is notify:
+                self.notifier.flush()
             else:
                 self._read_status(key.data)
         while self.signals:
@@ -493,6 +505,7 @@ class Supervisor:
 
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
+        self.notifier.flush()  # what systemd can still take (STOPPING=1); never waits
         self.bridge.close()
         for path in (self.bridge_path, self.runtime_dir / "supervisor.pid"):
             path.unlink(missing_ok=True)
