@@ -90,6 +90,9 @@ def Store(request, session, spec):
     request.add_header("X-Value", tyk.get_data(key).decode())
     request.add_header("X-Worker-Pid", str(os.getpid()))
     time.sleep(float(request.get_header("Hold") or "0"))  # keep this worker busy
+    gate = request.get_header("Gate")  # or until the test releases it (conftest ``gate``)
+    while gate and not os.path.exists(gate):
+        time.sleep(0.005)
     return request, session
 
 
