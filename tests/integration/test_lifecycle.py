@@ -75,6 +75,30 @@ def test_sighup_reload_under_load_fails_no_call(start_server, workdir):
     assert server.worker_pids(generation=2)
 
 
+def test_reload_retires_a_worker_whose_plugin_ignores_sigterm(start_server, workdir):
+    """Retirement does not depend on the plugin's signal handlers: the front drains the
+    old generation once the new one is ready, and the old worker exits at EOF (code 0)
+    long before ``graceful_timeout``, with no call failed."""
+    server = start_server("--workers", "1", "--graceful-timeout", "300")
+    (old,) = server.worker_pids()
+    trapped = server.dispatch("TrapTerm").request.set_headers["X-Worker-Pid"]
+    assert trapped == str(old)
+    load = Load(server)
+    wait_for(lambda: len(load.codes) > 20, what="load running")
+    _set_version(workdir, "2")
+    server.signal(signal.SIGHUP)
+    server.wait_notify("RELOADING=1")
+    server.wait_notify("READY=1")
+    wait_for(lambda: old not in server.worker_pids(), what="old worker gone")
+    count = len(load.codes)
+    wait_for(lambda: len(load.codes) > count + 20, what="load after reload")
+    load.finish()
+    assert load.errors == []
+    assert set(load.codes) == {-1}
+    assert load.versions[-1] == "2"
+    assert f"worker pid {old} killed" not in server.log()
+
+
 def test_reload_with_broken_plugin_keeps_old_generation(start_server, workdir):
     server = start_server("--workers", "2")
     old = server.worker_pids()

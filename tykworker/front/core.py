@@ -264,7 +264,18 @@ class Front:
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
         self._apply(self.router.join(worker))
+        if worker.generation < self.generation:  # started just before a reload switched
+            self._apply(self.router.drain(conn_id))
         self.health.notify()
+
+    def _retire_older(self) -> None:
+        """Drain the workers of generations older than the pool's current one, as if
+        they had sent DRAIN (no new call; the connection closes once their call is done,
+        and they exit at EOF): a reload retires them whatever their plugins did to
+        SIGTERM, which the supervisor sends them too."""
+        for conn_id, lane in list(self.router.workers.items()):
+            if lane.generation < self.generation and not lane.draining:
+                self._apply(self.router.drain(conn_id))
 
     def worker_left(self, conn_id: int) -> None:
         """The bridge connection closed: the call it held (if any) gets the crash answer."""
@@ -413,6 +424,7 @@ class Front:
             log.info("applied new live settings: %s", live_settings(self.settings))
         elif isinstance(message, control.Generation):
             self.generation = message.generation
+            self._retire_older()
             self.health.notify()
         else:
             log.error("unexpected %r message from the supervisor dropped", message.op)

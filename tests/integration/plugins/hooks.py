@@ -3,6 +3,7 @@
 import ctypes
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -78,6 +79,14 @@ def BigBody(request, session, spec):
 def Inflate(request, session, spec):
     """A reply body of ``Size`` bytes (tests of replies over ``max_message_mb``)."""
     request.object.raw_body = b"x" * int(request.get_header("Size") or "0")
+    request.add_header("X-Worker-Pid", str(os.getpid()))
+    return request, session
+
+
+@Hook  # noqa: F405
+def TrapTerm(request, session, spec):
+    """Installs a SIGTERM handler that ignores the signal, as some libraries do."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     request.add_header("X-Worker-Pid", str(os.getpid()))
     return request, session
 
