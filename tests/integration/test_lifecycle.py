@@ -99,6 +99,60 @@ def test_reload_retires_a_worker_whose_plugin_ignores_sigterm(start_server, work
     assert f"worker pid {old} killed" not in server.log()
 
 
+def test_dead_supervisor_takes_a_worker_stuck_in_c_down(start_server):
+    """SIGKILL of the supervisor while a hook spins in C holding the GIL (a SIGTERM
+    handler never runs there): the call gets its timeout answer and the front, finding
+    itself orphaned, kills that worker after its drain; nothing of the server is left."""
+    server = start_server("--workers", "1", "--hook-timeout", "1", "--graceful-timeout", "30")
+    (worker,) = server.worker_pids()
+    result = {}
+
+    def call() -> None:
+        result["reply"] = server.dispatch("Chaos", headers={"Do": "spin", "Call-Id": "1"})
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for(lambda: busy_with(server, "Chaos"), what="worker spinning")
+    os.kill(server.proc.pid, signal.SIGKILL)
+    thread.join(30)
+    assert result["reply"].request.return_overrides.response_code == 504
+    wait_for(lambda: not session_processes(server.proc.pid), what="every process gone")
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+
+
+def test_new_server_starts_on_the_socket_while_the_orphaned_front_drains(
+    start_server, workdir, gate
+):
+    """After a supervisor SIGKILL the old front finishes its call; meanwhile a new server
+    binds the same socket and bridge paths (the old front closed them at once), and the
+    old front, when it leaves, removes nothing of the new server's."""
+    old = start_server("--workers", "1", "--graceful-timeout", "60", "--hook-timeout", "60")
+    result = {}
+
+    def call() -> None:
+        result["reply"] = old.dispatch("Gate", headers={"Gate": str(gate)})
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for(lambda: busy_with(old, "Gate"), what="call in flight")
+    front = old.front_pid()
+    os.kill(old.proc.pid, signal.SIGKILL)
+    old.proc.wait(10)
+    # The new server: its own notify socket and log next to the old ones.
+    old.notify.close()
+    os.unlink(old.notify_path)
+    old.log_path = old.log_path.rename(workdir / "old-server.log")
+    new = start_server("--workers", "1")
+    assert new.dispatch("Echo").request.set_headers["X-Version"] == "1"
+    assert psutil.pid_exists(front)  # the old front is still draining its call
+    gate.touch()
+    thread.join(30)
+    assert result["reply"].request.return_overrides.response_code == -1  # answered by the hook
+    wait_for(lambda: not session_processes(old.proc.pid), what="old server gone")
+    assert Path(new.socket).is_socket()
+    assert new.dispatch("Echo").request.set_headers["X-Version"] == "1"
+
+
 def test_reload_with_broken_plugin_keeps_old_generation(start_server, workdir):
     server = start_server("--workers", "2")
     old = server.worker_pids()

@@ -52,7 +52,7 @@ from tykworker.front.router import (
     Lane,
     Router,
 )
-from tykworker.system import proctitle
+from tykworker.system import proctitle, sockets
 from tykworker.wire import answers, control
 from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
 from tykworker.wire.handoff import FrontSpec
@@ -110,6 +110,7 @@ class Front:
         self.health = Health(self.is_serving)
         self.stats: CallStats | None = None  # set when the metrics endpoint is on
         self.generation = 1  # the pool's current one, told by the supervisor
+        self.parent = os.getppid()  # the supervisor; another parent: it is gone
 
     # --- calls ----------------------------------------------------------------------
     def submit(
@@ -387,13 +388,30 @@ class Front:
         if not control.report(self.spec.channel_fd, control.FrontReady(os.getpid())):
             log.error("could not tell the supervisor that the front is ready")
         log.info("serving coprocess.Dispatcher on %s", self.settings.socket)
+        paths = {path: sockets.path_identity(path) for path in self.unix_paths}
         await self.stopping.wait()
+        # No worker joins a stopping front; closed now, a new server can bind the bridge
+        # path at once when the supervisor (which holds it too) is gone.
+        bridge.close()
         await self._drain(servers)
         if metrics is not None:
             metrics.close()
-        bridge.close()
         for link in list(self.links.values()):
             link.close()
+        for path, identity in paths.items():  # not a new server's socket at the same path
+            sockets.unlink_if_same(path, identity)
+        if os.getppid() != self.parent:
+            self._kill_orphaned_workers()
+
+    def _kill_orphaned_workers(self) -> None:
+        """The supervisor is gone (we were reparented), so nothing else ends a worker
+        still running a call after the drain (a hook stuck in C never runs a SIGTERM
+        handler): kill its process group. Idle workers exit at the EOF just sent."""
+        for lane in list(self.members.values()):
+            if lane.call is not None or lane.lost:
+                log.error("supervisor gone: killing worker pid %d, still busy", lane.pid)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(lane.pid, signal.SIGKILL)
 
     def _read_config(self) -> None:
         """New live settings from the supervisor (SIGHUP) on the front's channel:
@@ -444,9 +462,6 @@ class Front:
         deadline = time.monotonic() + grace
         for server in servers:
             await server.stop(max(0.0, deadline - time.monotonic()))
-        for path in self.unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
 
 
 class _WorkerLink(asyncio.Protocol):
