@@ -236,7 +236,8 @@ class Worker:
     def _start_drain(self, bridge: socket.socket, why: str) -> None:
         log.info("%s leaving: %s", self.label, why)
         self.draining = True
-        bridge.sendall(encode_frame(FrameKind.DRAIN, 0))
+        with contextlib.suppress(OSError):  # the front drained us first (a reload): EOF next
+            bridge.sendall(encode_frame(FrameKind.DRAIN, 0))
         self._set_state(SlotState.DRAINING)
         proctitle.set(f"{self.label} draining")
 
