@@ -178,6 +178,8 @@ class Notifier:
         """The socket to watch for writability while state changes are kept (call
         ``flush`` when it is writable), or None when nothing waits."""
         with self._lock:
+            if self._kept and self._sock is None:  # closed by a failed STATUS meanwhile
+                self._flush_locked()
             return self._sock if self._kept else None
 
     def flush(self) -> bool:
