@@ -89,10 +89,20 @@ def test_deleted_sqlite_store_is_reopened_by_every_worker(start_server, workdir)
         wait_for(lambda: busy_with(server, "Store"), what="a worker held in Store")
         return thread, out
 
+    def read_from_the_other_worker(value: bytes) -> dict[str, str]:
+        """Read ``k`` on the worker not held until it shows ``value`` (the held one
+        wrote it as its call began)."""
+
+        def read() -> dict[str, str] | None:
+            headers = dict(server.dispatch("Store", headers={"Key": "k"}).request.set_headers)
+            return headers if headers["X-Value"] == value.decode() else None
+
+        found: dict[str, str] = wait_for(read, what=f"{value!r} seen by the other worker")
+        return found
+
     # Both workers have the store open.
     thread, held = put_and_hold(b"v1", workdir / "gate1")
-    other = server.dispatch("Store", headers={"Key": "k"}).request.set_headers
-    assert other["X-Value"] == "v1"
+    other = read_from_the_other_worker(b"v1")
     (workdir / "gate1").touch()
     thread.join(30)
     assert held["X-Worker-Pid"] != other["X-Worker-Pid"]
@@ -112,11 +122,12 @@ def test_deleted_sqlite_store_is_reopened_by_every_worker(start_server, workdir)
     )
 
     thread, held = put_and_hold(b"v2", workdir / "gate2")
-    other = server.dispatch("Store", headers={"Key": "k"}).request.set_headers
+    # The other worker reads the new file, not its old one (which keeps "v1" for good).
+    other = read_from_the_other_worker(b"v2")
     (workdir / "gate2").touch()
     thread.join(30)
     assert held["X-Value"] == "v2"
-    assert other["X-Value"] == "v2"  # the other worker reads the new file, not its old one
+    assert other["X-Value"] == "v2"
     assert held["X-Worker-Pid"] != other["X-Worker-Pid"]
     assert path.exists()
     assert "was deleted or replaced while open: reopening it" in server.log()
