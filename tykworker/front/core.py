@@ -17,8 +17,14 @@ Observability (never on the call path unless enabled): the gRPC health service
 plain dicts and served for Prometheus (metrics.py). A worker announces a plugin error with
 a CONTROL frame before its reply; the front counts it (``Counters.errors``, metrics).
 
-Signals: SIGTERM = drain (stop taking calls, finish those accepted, exit 0);
-SIGQUIT/SIGINT = exit now.
+Retirement: when the supervisor announces a new generation (``Generation``), workers of
+older ones are drained here (no new call, their connection closed once idle), whatever
+their plugins did to SIGTERM.
+
+Signals: SIGTERM = drain (stop taking calls, finish those accepted, exit 0; the bridge
+listener is closed at once, and only this front's own socket files are removed at the
+end); SIGQUIT/SIGINT = exit now. A front whose supervisor died (parent-death SIGTERM)
+kills, after its drain, the workers still busy: nothing else would.
 """
 
 from __future__ import annotations
