@@ -360,7 +360,9 @@ class Front:
         """The gRPC server (native or grpcio) and the optional raw socket."""
         servers: list[_Server] = []
         if self.settings.front == "native":  # native.py: built-in HTTP/2 for unary calls
-            native = await start_native(self.submit, self.settings, self.health)
+            native = await start_native(
+                self.submit, self.settings, self.health, self.spec.grpc_sock
+            )
             self.unix_paths.extend(native.unix_paths)
             servers.append(native)
         else:
@@ -372,7 +374,10 @@ class Front:
         if self.settings.raw_socket:
             raw = RawServer(self.submit, self.settings)
             await raw.start(
-                self.settings.raw_socket, self.settings.socket_mode, self.settings.socket_gid()
+                self.settings.raw_socket,
+                self.settings.socket_mode,
+                self.settings.socket_gid(),
+                self.spec.raw_sock,
             )
             self.unix_paths.append(self.settings.raw_socket)
             servers.append(raw)

@@ -250,16 +250,20 @@ class NativeServer:
 
 
 async def start_native(
-    handler: Handler, settings: Settings, health: health_service.Health | None = None
+    handler: Handler,
+    settings: Settings,
+    health: health_service.Health | None = None,
+    sock: socket.socket | None = None,
 ) -> NativeServer:
-    """Bind ``settings.socket`` (Unix: mode and stale-socket rules of ``ipc``) and serve.
+    """Bind ``settings.socket`` (Unix: mode and stale-socket rules of ``ipc``), or take the
+    Unix listener ``sock`` bound for it by the supervisor, and serve.
     ``health`` serves ``grpc.health.v1.Health`` (Check and Watch) on the same socket."""
     limits = Limits(max_message=settings.max_message_bytes)
     buffer_limit = 2 * settings.max_message_bytes
     server = NativeServer(handler, limits, buffer_limit, health)
     kind, address = parse_address(settings.socket)
     if kind == "unix":
-        sock = sockets.bind_unix_listener(
+        sock = sock or sockets.bind_unix_listener(
             Path(address), settings.socket_mode, group=settings.socket_gid()
         )
         server.unix_paths.append(address)
