@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import private_redis
@@ -258,8 +260,58 @@ def dead_supervisor() -> None:
         )
 
 
+def front_crash() -> None:
+    """SIGKILL of the front under load; while the supervisor is stopped (no new front),
+    a new connection is attempted: refused before, waiting in the backlog now."""
+    with server("--workers", "2") as srv:
+        codes: Counter[str] = Counter()
+        failed = [0]
+        sent = [0]
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                sent[0] += 1
+                try:
+                    codes[status(srv.dispatch("Echo"))] += 1
+                except Exception:
+                    failed[0] += 1
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sum(codes.values()) > 100)
+        front = srv.front_pid()
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        os.kill(front, signal.SIGKILL)
+        wait_for(lambda: psutil.Process(front).status() == psutil.STATUS_ZOMBIE)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(srv.socket)
+            refused = "no"
+        except ConnectionRefusedError:
+            refused = "yes"
+        start = time.monotonic()
+        os.kill(srv.proc.pid, signal.SIGCONT)
+        probe.close()
+        count = sum(codes.values())
+        wait_for(lambda: sum(codes.values()) > count + 100)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        row(
+            "SIGKILL of the front under load (3 gRPC client threads)",
+            sent[0],
+            codes,
+            f"{failed[0]} calls failed (gRPC UNAVAILABLE: those on the dead front's connections); "
+            f"a new connection while no front ran refused: {refused}; load served again "
+            f"{time.monotonic() - start:.2f} s after the new front could start",
+        )
+
+
 if __name__ == "__main__":
     print("| scenario | sent | answered | answered with | lost | notes |")
     print("|---|---|---|---|---|---|")
-    for scenario in (oversized, systemd_stuck, store_faults, reload_trapped, dead_supervisor):
+    scenarios = (oversized, systemd_stuck, store_faults, reload_trapped, dead_supervisor)
+    for scenario in (*scenarios, front_crash):
         scenario()
