@@ -1,7 +1,9 @@
 """The supervisor: forks the front and the workers, reaps, restarts, reloads, stops.
 
 It never imports grpc (grpcio cannot survive ``fork`` once a gRPC object exists) and never
-runs plugin code: both happen only in children. ``pool.Pool`` decides; this module acts
+runs plugin code: both happen only in children. It binds the public Unix sockets the
+native front and the raw socket serve and hands them to every front it forks, so that they
+outlive a front. ``pool.Pool`` decides; this module acts
 (fork, signal, reap, sd_notify, scoreboard header).
 
 Loop (STYLE.md §4): signal handlers only push the signal number on a queue; the loop
@@ -124,9 +126,10 @@ class Supervisor:
         self.channels = Channels(self.selector)
 
     def _claim_public_sockets(self) -> None:
-        """The front binds the public sockets; what would make it fail is refused here,
-        with exit code 2, instead of crash-looping the front: a path holding a non-socket,
-        a live server, a group the socket cannot be given."""
+        """What would make binding the public sockets fail (here, or in the front for
+        grpcio and TCP) is refused first, with exit code 2, instead of crash-looping the
+        front: a path holding a non-socket, a live server, a group the socket cannot be
+        given."""
         kind, address = parse_address(self.settings.socket)
         paths = [address] if kind == "unix" else []
         paths += [self.settings.raw_socket] if self.settings.raw_socket else []
