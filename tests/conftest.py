@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -36,18 +38,12 @@ def _wait_for_ping(url: str, process: subprocess.Popen[bytes], deadline: float) 
         client.close()
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A reachable Redis: ``TYKWORKER_TEST_REDIS_URL`` if set, else a private
-    ``redis-server`` on a free port (no persistence) for the whole session."""
-    configured = os.environ.get("TYKWORKER_TEST_REDIS_URL")
-    if configured:
-        yield configured
-        return
+@contextlib.contextmanager
+def private_redis(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A ``redis-server`` of its own on a free port (no persistence): ``(url, process)``."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not on PATH and TYKWORKER_TEST_REDIS_URL not set")
+        pytest.skip("redis-server not on PATH")
     port = _free_port()
-    workdir: Path = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [
             "redis-server",
@@ -68,14 +64,29 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"redis://127.0.0.1:{port}/0"
     try:
         _wait_for_ping(url, process, time.monotonic() + 10)
-        yield url
+        yield url, process
     finally:
+        process.send_signal(signal.SIGCONT)  # in case a test stopped it
         process.terminate()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A reachable Redis: ``TYKWORKER_TEST_REDIS_URL`` if set, else a private
+    ``redis-server`` on a free port (no persistence) for the whole session."""
+    configured = os.environ.get("TYKWORKER_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not on PATH and TYKWORKER_TEST_REDIS_URL not set")
+    with private_redis(tmp_path_factory.mktemp("redis")) as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -6,7 +6,10 @@ Two implementations of one small ``Store`` protocol:
   worker process. WAL journal (readers never block the writer), a busy timeout (writers of
   several processes queue instead of failing), autocommit (each ``set`` is durable once it
   returns, so data survives worker restarts and kills). Expiry is an absolute UNIX time
-  from an injectable clock; expired rows are invisible at once and purged lazily.
+  from an injectable clock; expired rows are invisible at once and purged lazily. Each
+  call first compares the file at the path with the one open (``st_dev``/``st_ino``, one
+  ``stat``): a file deleted or replaced under the workers is logged and reopened, so every
+  worker converges on the file at the path instead of keeping its own unlinked copy.
 * ``RedisStore`` (``--redis-url``): redis-py; ``SET key value`` with ``EX ttl`` when
   ``ttl > 0``, exactly what Tyk's embedded Python did, so data is shared with it.
 
@@ -16,10 +19,16 @@ Invariants:
 * ``ttl <= 0`` means "no expiry" (go-redis ``Set`` semantics).
 * A connection is never shared across ``fork()``: each process opens its own lazily.
 * Stores raise on failure; the gateway API decides to log and carry on.
+* A store call gives up after about ``STORE_TIMEOUT_SECONDS`` (a stalled Redis, an SQLite
+  write lock held elsewhere), a tenth of the default hook deadline: the hook gets its
+  error and answers in time, instead of its worker being killed at the deadline. Redis
+  calls are retried once on a broken connection (a Redis restart), never on a timeout.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -29,12 +38,17 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger("tykworker.store")
 
 STORE_FILENAME: Final = "coprocess-data.sqlite3"
 #: Connections inherited across ``fork``: the parent's, kept alive and untouched.
 _INHERITED: list[sqlite3.Connection] = []
-#: How long a writer waits for another process's write lock before failing.
-BUSY_TIMEOUT_SECONDS: Final = 5.0
+#: Longest wait of one store call: for another process's SQLite write lock, for a Redis
+#: connection, for a Redis reply. Well inside the default hook deadline (5 s).
+STORE_TIMEOUT_SECONDS: Final = 0.5
 #: Expired rows are deleted once every this many writes.
 PURGE_EVERY: Final = 256
 
@@ -65,6 +79,7 @@ class SQLiteStore:
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._files: tuple[tuple[int, int], ...] = ((0, 0),) * 3  # see ``_open``
         self._writes = 0
         # Plugins may call the gateway API from their own threads.
         self._lock = threading.Lock()
@@ -78,17 +93,47 @@ class SQLiteStore:
                 _INHERITED.append(self._conn)
             self._conn = self._open()
             self._pid = os.getpid()
+        elif _identity(self.path) != self._files[0]:
+            self._reopen()
         return self._conn
+
+    def _reopen(self) -> None:
+        """The file at the path is not the one open (deleted, or another renamed over
+        it): close ours, then open the path, under an exclusive ``flock`` of the
+        directory (this path only, never per call). The old file's ``-wal``/``-shm``,
+        still at the path when only the main file was replaced, are removed first (by
+        the first worker that finds them): SQLite would replay that journal into the new
+        file. Workers still on the old file keep theirs open, until their next call."""
+        log.error(
+            "store file %s was deleted or replaced while open: reopening it (data "
+            "written to the old file since is not in the new one)",
+            self.path,
+        )
+        assert self._conn is not None
+        self._conn.close()
+        self._conn = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            _, wal, shm = self._files
+            for suffix, mine in (("-wal", wal), ("-shm", shm)):
+                side = Path(f"{self.path}{suffix}")
+                if mine != (0, 0) and _identity(side) == mine:
+                    side.unlink(missing_ok=True)
+            self._conn = self._open()
+        finally:
+            os.close(directory)  # releases the lock
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path,
-            timeout=BUSY_TIMEOUT_SECONDS,
+            timeout=STORE_TIMEOUT_SECONDS,
             isolation_level=None,
             check_same_thread=False,
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(STORE_TIMEOUT_SECONDS * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
         # Switching to WAL and creating the table take locks that SQLite does not wait for
         # (no busy handler on that path), so concurrent first opens by several workers
@@ -101,6 +146,9 @@ class SQLiteStore:
         ).fetchall()
         if not has_table:
             conn.execute(_SCHEMA)
+        # (st_dev, st_ino) of the files just opened (or created): the database, its WAL
+        # and its shared-memory index, which the connection keeps open from now on.
+        self._files = tuple(_identity(Path(f"{self.path}{x}")) for x in ("", "-wal", "-shm"))
         return conn
 
     def initialise(self) -> None:
@@ -141,12 +189,21 @@ class SQLiteStore:
             self._conn = None
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of the file at ``path``; ``(0, 0)`` when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
+
+
 class RedisStore:
     """Redis store (the keys Tyk's embedded Python used)."""
 
-    def __init__(self, url: str, connect_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, timeout: float = STORE_TIMEOUT_SECONDS) -> None:
         self.url = url
-        self._connect_timeout = connect_timeout
+        self._timeout = timeout
         self._client: redis.Redis | None = None
         self._pid = 0
 
@@ -154,8 +211,11 @@ class RedisStore:
         if self._client is None or self._pid != os.getpid():
             self._client = redis.Redis.from_url(
                 self.url,
-                socket_connect_timeout=self._connect_timeout,
-                socket_timeout=BUSY_TIMEOUT_SECONDS,
+                socket_connect_timeout=self._timeout,
+                socket_timeout=self._timeout,
+                # redis-py retries timeouts 10 times by default: one stalled Redis would
+                # hold the call for 11 timeouts. Once, and only for a broken connection.
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             )
             self._pid = os.getpid()
         return self._client

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 
 import grpc
+import psutil
 import pytest
 
-from .conftest import make_object, wait_for
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+from tykworker.wire.frames import FrameDecoder, FrameKind, encode_frame
+
+from .conftest import FRONT, make_object, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +134,71 @@ def test_worker_stuck_on_a_call_the_client_abandoned_is_still_replaced(start_ser
     wait_for(lambda: server.worker_pids() and stuck not in server.worker_pids(), what="replace")
     assert f"worker pid {stuck} stuck on call" in server.log()
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
+
+
+@pytest.mark.parametrize("hook_type", ["pre", "response"])
+def test_reply_over_max_message_gets_500_and_keeps_the_worker(start_server, hook_type):
+    """A hook whose reply is over ``max_message_mb`` gets the plugin-error answer (the
+    original request echoed) from the worker that ran it, which keeps serving: no crash,
+    no restart, no crash backoff for the next call."""
+    server = start_server("--workers", "1", "--max-message-mb", "1")
+    (pid,) = server.worker_pids()
+    size = str(2 * 1024 * 1024)
+    if hook_type == "pre":
+        reply = server.dispatch("Inflate", headers={"Size": size}, body=b"original")
+        overrides = reply.request.return_overrides
+        assert (overrides.response_code, overrides.response_error) == (500, "Plugin error")
+        assert overrides.headers["X-Tykworker-Error"] == "hook_error"
+        assert reply.request.raw_body == b"original"  # the request, not the hook's reply
+        assert "X-Worker-Pid" not in reply.request.set_headers
+    else:
+        reply = server.dispatch("Inflate", "response", headers={"Size": size})
+        assert reply.response.status_code == 500
+        assert reply.response.headers["X-Tykworker-Error"] == "hook_error"
+    log = wait_for(lambda: "over max_message_mb" in server.log() and server.log())
+    assert "hook Inflate built a reply of 2" in log  # 2 MiB and a few bytes
+    small = server.dispatch("Inflate", headers={"Size": "10"})
+    assert small.request.raw_body == b"x" * 10
+    assert small.request.set_headers["X-Worker-Pid"] == str(pid)
+    assert server.worker_pids() == {pid}
+    assert "exited with code" not in server.log()
+
+
+@pytest.mark.parametrize("which", ["grpc", "raw"])
+def test_a_front_crash_keeps_the_sockets_listening(start_server, workdir, which):
+    """The supervisor owns the public sockets: while no front runs (the old one SIGKILLed,
+    the supervisor stopped so that none is started yet) a new connection waits in the
+    backlog instead of being refused, and its call is served by the next front."""
+    if which == "grpc" and FRONT == "grpcio":
+        pytest.skip("the grpcio front binds its own socket")
+    raw_path = str(workdir / "raw.sock")
+    server = start_server("--workers", "1", "--raw-socket", raw_path)
+    front = server.front_pid()
+    payload = make_object("Echo").SerializeToString()
+    channel = grpc.insecure_channel("unix://" + server.socket)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(front, signal.SIGKILL)
+        wait_for(lambda: psutil.Process(front).status() == psutil.STATUS_ZOMBIE, what="front dead")
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(server.socket if which == "grpc" else raw_path)  # not refused
+        if which == "grpc":  # and a gateway's call made now is served by the next front
+            future = channel.unary_unary("/coprocess.Dispatcher/Dispatch").future(
+                payload, timeout=30
+            )
+        else:
+            client.sendall(encode_frame(FrameKind.DISPATCH, 7, payload))
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    with client, channel:
+        if which == "grpc":
+            reply = future.result()
+        else:
+            decoder = FrameDecoder()
+            while (frame := decoder.next_frame()) is None:
+                data = client.recv(65536)
+                assert data, "raw connection closed without an answer"
+                decoder.feed(data)
+            assert (frame.kind, frame.call_id) == (FrameKind.REPLY, 7)
+            reply = frame.payload
+    assert object_pb2.Object.FromString(reply).request.set_headers["X-Version"] == "1"

@@ -73,6 +73,86 @@ def test_sighup_reload_under_load_fails_no_call(start_server, workdir):
     assert set(load.codes) == {-1}
     assert load.versions[-1] == "2" and load.versions[0] == "1"
     assert server.worker_pids(generation=2)
+    assert "exited with code" not in server.log()  # retired workers exit 0
+
+
+def test_reload_retires_a_worker_whose_plugin_ignores_sigterm(start_server, workdir):
+    """Retirement does not depend on the plugin's signal handlers: the front drains the
+    old generation once the new one is ready, and the old worker exits at EOF (code 0)
+    long before ``graceful_timeout``, with no call failed."""
+    server = start_server("--workers", "1", "--graceful-timeout", "300")
+    (old,) = server.worker_pids()
+    trapped = server.dispatch("TrapTerm").request.set_headers["X-Worker-Pid"]
+    assert trapped == str(old)
+    load = Load(server)
+    wait_for(lambda: len(load.codes) > 20, what="load running")
+    _set_version(workdir, "2")
+    server.signal(signal.SIGHUP)
+    server.wait_notify("RELOADING=1")
+    server.wait_notify("READY=1")
+    wait_for(lambda: old not in server.worker_pids(), what="old worker gone")
+    count = len(load.codes)
+    wait_for(lambda: len(load.codes) > count + 20, what="load after reload")
+    load.finish()
+    assert load.errors == []
+    assert set(load.codes) == {-1}
+    assert load.versions[-1] == "2"
+    assert f"worker pid {old} killed" not in server.log()
+    assert "exited with code" not in server.log()  # drained by the front first: still 0
+
+
+def test_dead_supervisor_takes_a_worker_stuck_in_c_down(start_server):
+    """SIGKILL of the supervisor while a hook spins in C holding the GIL (a SIGTERM
+    handler never runs there): the call gets its timeout answer and the front, finding
+    itself orphaned, kills that worker after its drain; nothing of the server is left."""
+    server = start_server("--workers", "1", "--hook-timeout", "1", "--graceful-timeout", "30")
+    (worker,) = server.worker_pids()
+    result = {}
+
+    def call() -> None:
+        result["reply"] = server.dispatch("Chaos", headers={"Do": "spin", "Call-Id": "1"})
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for(lambda: busy_with(server, "Chaos"), what="worker spinning")
+    os.kill(server.proc.pid, signal.SIGKILL)
+    thread.join(30)
+    assert result["reply"].request.return_overrides.response_code == 504
+    wait_for(lambda: not session_processes(server.proc.pid), what="every process gone")
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+
+
+def test_new_server_starts_on_the_socket_while_the_orphaned_front_drains(
+    start_server, workdir, gate
+):
+    """After a supervisor SIGKILL the old front finishes its call; meanwhile a new server
+    binds the same socket and bridge paths (the old front closed them at once), and the
+    old front, when it leaves, removes nothing of the new server's."""
+    old = start_server("--workers", "1", "--graceful-timeout", "60", "--hook-timeout", "60")
+    result = {}
+
+    def call() -> None:
+        result["reply"] = old.dispatch("Gate", headers={"Gate": str(gate)})
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for(lambda: busy_with(old, "Gate"), what="call in flight")
+    front = old.front_pid()
+    os.kill(old.proc.pid, signal.SIGKILL)
+    old.proc.wait(10)
+    # The new server: its own notify socket and log next to the old ones.
+    old.notify.close()
+    os.unlink(old.notify_path)
+    old.log_path = old.log_path.rename(workdir / "old-server.log")
+    new = start_server("--workers", "1")
+    assert new.dispatch("Echo").request.set_headers["X-Version"] == "1"
+    assert psutil.pid_exists(front)  # the old front is still draining its call
+    gate.touch()
+    thread.join(30)
+    assert result["reply"].request.return_overrides.response_code == -1  # answered by the hook
+    wait_for(lambda: not session_processes(old.proc.pid), what="old server gone")
+    assert Path(new.socket).is_socket()
+    assert new.dispatch("Echo").request.set_headers["X-Version"] == "1"
 
 
 def test_reload_with_broken_plugin_keeps_old_generation(start_server, workdir):

@@ -28,6 +28,7 @@ from tykworker.logs import active_call
 from tykworker.wire import answers
 from tykworker.wire.answers import event_answer
 from tykworker.wire.reasons import Reason
+from tykworker.worker import dispatch
 from tykworker.worker.plugins import Runtime, load_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "plugins"
@@ -363,3 +364,25 @@ def test_reply_drops_only_the_text_copies_the_gateway_ignores(runtime: Runtime) 
     replied = call(runtime, response)
     assert replied.response.body == ""
     assert replied.response.raw_body.startswith(response.response.raw_body)
+
+
+# --- replies over max_message_mb ---------------------------------------------------
+
+
+def test_oversized_reply_echoes_the_request_with_the_plugin_error() -> None:
+    sent = gateway_object(PRE, "Big", body=b"abc")
+    payload = sent.SerializeToString()
+    reply = dispatch.oversized_reply(payload, 10_000, 1000)
+    assert len(reply) <= 1000
+    assert_error_answer(parse(reply), sent, Reason.HOOK_ERROR)
+
+
+def test_oversized_reply_of_a_request_at_the_limit_is_the_override_alone() -> None:
+    sent = gateway_object(RESPONSE, "Big", body=b"a" * 900)
+    payload = sent.SerializeToString()
+    reply = dispatch.oversized_reply(payload, 10_000, len(payload))
+    assert len(reply) <= len(payload)
+    answer = parse(reply)
+    assert answer.response.status_code == 500
+    assert answer.response.headers[answers.ANSWER_HEADER] == "hook_error"
+    assert not answer.request.raw_body

@@ -289,3 +289,36 @@ def test_first_opens_racing_after_initialise_never_fail(tmp_path: Path) -> None:
         store = SQLiteStore(path)
         assert all(store.get(f"{p}-{i}") == str(i).encode() for p in "abcd" for i in range(5))
         store.close()
+
+
+def test_a_file_renamed_over_the_store_is_reopened(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(store_path)
+    store.set("k", b"old", 0)
+    replacement = SQLiteStore(store_path.with_name("new.sqlite3"))
+    replacement.set("k", b"new", 0)
+    replacement.close()
+    Path(store_path.with_name("new.sqlite3")).replace(store_path)
+    with caplog.at_level(logging.ERROR, logger="tykworker.store"):
+        assert store.get("k") == b"new"
+    assert "was deleted or replaced while open" in caplog.text
+    caplog.clear()
+    assert store.get("k") == b"new"  # reported once per replacement
+    assert not caplog.text
+    store.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_locked_store_fails_a_write_within_the_store_timeout(store_path: Path) -> None:
+    store = SQLiteStore(store_path)
+    store.initialise()
+    with closing(sqlite3.connect(store_path, isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.set("k", b"v", 0)
+        assert store.get("k") is None  # WAL: readers are not blocked
+        locker.execute("ROLLBACK")
+    store.set("k", b"v", 0)
+    assert store.get("k") == b"v"
+    store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import tempfile
 import uuid
@@ -343,10 +344,10 @@ def fill(receiver: Receiver, notifier: Notifier) -> int:
 
 @pytest.mark.timeout(10)
 def test_full_queue_fails_status_and_watchdog_at_once(abstract_receiver: Receiver) -> None:
-    # A huge send_timeout: were STATUS/WATCHDOG to wait for room, this test would hang.
+    # Were STATUS/WATCHDOG to wait for room, this test would hang.
     clock = FakeClock()
     env = {"NOTIFY_SOCKET": abstract_receiver.env_value, "WATCHDOG_USEC": "1000000"}
-    with Notifier(env, send_timeout=3600, clock=clock) as notifier:
+    with Notifier(env, clock=clock) as notifier:
         sent = fill(abstract_receiver, notifier)
         assert sent > 0
         assert not notifier.status("dropped")
@@ -361,22 +362,42 @@ def test_full_queue_fails_status_and_watchdog_at_once(abstract_receiver: Receive
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("method", ["ready", "reloading", "stopping"])
-def test_full_queue_state_change_waits_at_most_send_timeout(
+def test_full_queue_keeps_a_state_change_for_flush(
     abstract_receiver: Receiver, method: str
 ) -> None:
-    with Notifier({"NOTIFY_SOCKET": abstract_receiver.env_value}, send_timeout=0.05) as notifier:
-        fill(abstract_receiver, notifier)
-        assert not getattr(notifier, method)()
-        abstract_receiver.pending()
-        assert getattr(notifier, method)()
-    assert (
-        abstract_receiver.recv()[0]
-        == {
-            "ready": "READY=1",
-            "reloading": "RELOADING=1",
-            "stopping": "STOPPING=1",
-        }[method]
-    )
+    first = {"ready": "READY=1", "reloading": "RELOADING=1", "stopping": "STOPPING=1"}[method]
+    with Notifier({"NOTIFY_SOCKET": abstract_receiver.env_value}) as notifier:
+        sent = fill(abstract_receiver, notifier)
+        assert notifier.waiting_socket() is None
+        assert not getattr(notifier, method)()  # never waits: kept instead
+        waiting = notifier.waiting_socket()
+        assert waiting is not None
+        assert not notifier.flush()  # still no room
+        assert select.select([], [waiting], [], 0)[1] == []  # not writable: nothing to poll
+        assert len(abstract_receiver.pending()) == sent  # systemd reads again
+        assert select.select([], [waiting], [], 5)[1] == [waiting]
+        assert notifier.flush()
+        assert notifier.waiting_socket() is None
+    assert abstract_receiver.recv()[0] == first
+
+
+@pytest.mark.timeout(10)
+def test_kept_state_changes_go_out_in_order_and_are_bounded(
+    abstract_receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Notifier({"NOTIFY_SOCKET": abstract_receiver.env_value}) as notifier:
+        sent = fill(abstract_receiver, notifier)
+        for n in range(systemd.MAX_KEPT + 2):
+            assert not notifier.ready(f"r{n}")
+        assert not notifier.status("superseded")  # STATUS is never kept
+        assert len(abstract_receiver.pending()) == sent
+        # Later state changes follow those kept, even once there is room.
+        assert not notifier.stopping()
+        assert notifier.flush()
+    # r0, r1 dropped for r8, r9, then r2 for STOPPING: the latest MAX_KEPT, in order.
+    expected = [["READY=1", f"STATUS=r{n}"] for n in range(3, systemd.MAX_KEPT + 2)]
+    assert abstract_receiver.pending() == [*expected, ["STOPPING=1"]]
+    assert "dropped" in caplog.text
 
 
 # --- watchdog -----------------------------------------------------------------------
@@ -478,23 +499,20 @@ def test_module_functions_without_notify_socket_return_false() -> None:
     assert not systemd.notify("READY=1")
 
 
-@pytest.mark.timeout(10)
-def test_zero_send_timeout_does_not_mean_wait_forever(abstract_receiver: Receiver) -> None:
-    # SO_SNDTIMEO of 0 is "block forever" to the kernel; send_timeout=0 must not be.
-    with Notifier({"NOTIFY_SOCKET": abstract_receiver.env_value}, send_timeout=0) as notifier:
-        fill(abstract_receiver, notifier)
-        assert not notifier.ready()
-
-
 def test_socket_setup_failure_returns_false_without_leaking(
     receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": receiver.env_value})
     fds = open_fds()
     with monkeypatch.context() as patch:
-        patch.setattr(socket, "SO_SNDTIMEO", 9999)  # setsockopt -> ENOPROTOOPT
+        patch.setattr(socket, "socket", _BrokenSocket)  # connect() fails
         assert not notifier.ready()
     assert open_fds() == fds
     assert notifier.ready()
     assert receiver.recv() == ["READY=1"]
     notifier.close()
+
+
+class _BrokenSocket(socket.socket):
+    def connect(self, address: object) -> None:
+        raise OSError(111, "Connection refused")

@@ -17,8 +17,14 @@ Observability (never on the call path unless enabled): the gRPC health service
 plain dicts and served for Prometheus (metrics.py). A worker announces a plugin error with
 a CONTROL frame before its reply; the front counts it (``Counters.errors``, metrics).
 
-Signals: SIGTERM = drain (stop taking calls, finish those accepted, exit 0);
-SIGQUIT/SIGINT = exit now.
+Retirement: when the supervisor announces a new generation (``Generation``), workers of
+older ones are drained here (no new call, their connection closed once idle), whatever
+their plugins did to SIGTERM.
+
+Signals: SIGTERM = drain (stop taking calls, finish those accepted, exit 0; the bridge
+listener is closed at once, and only this front's own socket files are removed at the
+end); SIGQUIT/SIGINT = exit now. A front whose supervisor died (parent-death SIGTERM)
+kills, after its drain, the workers still busy: nothing else would.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from tykworker.front.router import (
     Lane,
     Router,
 )
-from tykworker.system import proctitle
+from tykworker.system import proctitle, sockets
 from tykworker.wire import answers, control
 from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
 from tykworker.wire.handoff import FrontSpec
@@ -117,6 +123,7 @@ class Front:
         self.health = Health(self.is_serving)
         self.stats: CallStats | None = None  # set when the metrics endpoint is on
         self.generation = 1  # the pool's current one, told by the supervisor
+        self.parent = os.getppid()  # the supervisor; another parent: it is gone
 
     # --- calls ----------------------------------------------------------------------
     def submit(
@@ -288,7 +295,18 @@ class Front:
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
         self._apply(self.router.join(worker, time.monotonic()))
+        if worker.generation < self.generation:  # started just before a reload switched
+            self._apply(self.router.drain(conn_id))
         self.health.notify()
+
+    def _retire_older(self) -> None:
+        """Drain the workers of generations older than the pool's current one, as if
+        they had sent DRAIN (no new call; the connection closes once their call is done,
+        and they exit at EOF): a reload retires them whatever their plugins did to
+        SIGTERM, which the supervisor sends them too."""
+        for conn_id, lane in list(self.router.workers.items()):
+            if lane.generation < self.generation and not lane.draining:
+                self._apply(self.router.drain(conn_id))
 
     def worker_left(self, conn_id: int) -> None:
         """The bridge connection closed: the call it held (if any) gets the crash answer."""
@@ -374,7 +392,9 @@ class Front:
         """The gRPC server (native or grpcio) and the optional raw socket."""
         servers: list[_Server] = []
         if self.settings.front == "native":  # native.py: built-in HTTP/2 for unary calls
-            native = await start_native(self.submit, self.settings, self.health)
+            native = await start_native(
+                self.submit, self.settings, self.health, self.spec.grpc_sock
+            )
             self.unix_paths.extend(native.unix_paths)
             servers.append(native)
         else:
@@ -386,7 +406,10 @@ class Front:
         if self.settings.raw_socket:
             raw = RawServer(self.submit, self.settings)
             await raw.start(
-                self.settings.raw_socket, self.settings.socket_mode, self.settings.socket_gid()
+                self.settings.raw_socket,
+                self.settings.socket_mode,
+                self.settings.socket_gid(),
+                self.spec.raw_sock,
             )
             self.unix_paths.append(self.settings.raw_socket)
             servers.append(raw)
@@ -408,13 +431,30 @@ class Front:
         if not control.report(self.spec.channel_fd, control.FrontReady(os.getpid())):
             log.error("could not tell the supervisor that the front is ready")
         log.info("serving coprocess.Dispatcher on %s", self.settings.socket)
+        paths = {path: sockets.path_identity(path) for path in self.unix_paths}
         await self.stopping.wait()
+        # No worker joins a stopping front; closed now, a new server can bind the bridge
+        # path at once when the supervisor (which holds it too) is gone.
+        bridge.close()
         await self._drain(servers)
         if metrics is not None:
             metrics.close()
-        bridge.close()
         for link in list(self.links.values()):
             link.close()
+        for path, identity in paths.items():  # not a new server's socket at the same path
+            sockets.unlink_if_same(path, identity)
+        if os.getppid() != self.parent:
+            self._kill_orphaned_workers()
+
+    def _kill_orphaned_workers(self) -> None:
+        """The supervisor is gone (we were reparented), so nothing else ends a worker
+        still running a call after the drain (a hook stuck in C never runs a SIGTERM
+        handler): kill its process group. Idle workers exit at the EOF just sent."""
+        for lane in list(self.members.values()):
+            if lane.call is not None or lane.lost:
+                log.error("supervisor gone: killing worker pid %d, still busy", lane.pid)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(lane.pid, signal.SIGKILL)
 
     def _read_config(self) -> None:
         """New live settings from the supervisor (SIGHUP) on the front's channel:
@@ -445,6 +485,7 @@ class Front:
             log.info("applied new live settings: %s", live_settings(self.settings))
         elif isinstance(message, control.Generation):
             self.generation = message.generation
+            self._retire_older()
             self.health.notify()
         else:
             log.error("unexpected %r message from the supervisor dropped", message.op)
@@ -464,9 +505,6 @@ class Front:
         deadline = time.monotonic() + grace
         for server in servers:
             await server.stop(max(0.0, deadline - time.monotonic()))
-        for path in self.unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
 
 
 class _WorkerLink(asyncio.Protocol):

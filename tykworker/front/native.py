@@ -327,9 +327,13 @@ class NativeServer:
 
 
 async def start_native(
-    handler: Handler, settings: Settings, health: health_service.Health | None = None
+    handler: Handler,
+    settings: Settings,
+    health: health_service.Health | None = None,
+    sock: socket.socket | None = None,
 ) -> NativeServer:
-    """Bind ``settings.socket`` (Unix: mode and stale-socket rules of ``ipc``) and serve.
+    """Bind ``settings.socket`` (Unix: mode and stale-socket rules of ``ipc``), or take the
+    Unix listener ``sock`` bound for it by the supervisor, and serve.
     ``health`` serves ``grpc.health.v1.Health`` (Check and Watch) on the same socket."""
     limits = Limits(
         max_message=settings.max_message_bytes, connection_buffer=settings.connection_buffer_bytes
@@ -338,7 +342,7 @@ async def start_native(
     server = NativeServer(handler, limits, buffer_limit, health, Guard.shared(settings))
     kind, address = parse_address(settings.socket)
     if kind == "unix":
-        sock = sockets.bind_unix_listener(
+        sock = sock or sockets.bind_unix_listener(
             Path(address), settings.socket_mode, group=settings.socket_gid()
         )
         server.unix_paths.append(address)

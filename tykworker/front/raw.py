@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -229,8 +230,11 @@ class RawServer:
     def changed(self) -> None:
         self._changed.set()
 
-    async def start(self, path: str, mode: int, gid: int | None) -> None:
-        sock = sockets.bind_unix_listener(Path(path), mode, group=gid)
+    async def start(
+        self, path: str, mode: int, gid: int | None, sock: socket.socket | None = None
+    ) -> None:
+        """Bind ``path``, or serve ``sock``, the listener the supervisor bound for it."""
+        sock = sock or sockets.bind_unix_listener(Path(path), mode, group=gid)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: RawProtocol(self), sock=sock)
 

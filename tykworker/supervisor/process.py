@@ -1,7 +1,9 @@
 """The supervisor: forks the front and the workers, reaps, restarts, reloads, stops.
 
 It never imports grpc (grpcio cannot survive ``fork`` once a gRPC object exists) and never
-runs plugin code: both happen only in children. ``pool.Pool`` decides; this module acts
+runs plugin code: both happen only in children. It binds the public Unix sockets the
+native front and the raw socket serve and hands them to every front it forks, so that they
+outlive a front. ``pool.Pool`` decides; this module acts
 (fork, signal, reap, sd_notify, scoreboard header).
 
 Loop: signal handlers only push the signal number on a queue; the loop
@@ -89,10 +91,13 @@ class Supervisor:
         self.front_pid = 0
         self.front_generation = 0  # the generation the front was last told
         self.watch = Watcher.for_settings(settings)  # serve --reload (watch.py), else None
+        self.grpc_sock: socket.socket | None = None  # public listeners (_bind_public_sockets)
+        self.raw_sock: socket.socket | None = None
 
     # --- set-up ---------------------------------------------------------------------
     def _prepare(self) -> None:
         self._claim_public_sockets()  # refuse before forking anything
+        self.grpc_sock, self.raw_sock = self._bind_public_sockets()
         _become_subreaper()
         self.runtime_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         # Private even when it already existed (e.g. a 0755 RuntimeDirectory=): the store
@@ -126,9 +131,10 @@ class Supervisor:
         self.channels = Channels(self.selector)
 
     def _claim_public_sockets(self) -> None:
-        """The front binds the public sockets; what would make it fail is refused here,
-        with exit code 2, instead of crash-looping the front: a path holding a non-socket,
-        a live server, a group the socket cannot be given."""
+        """What would make binding the public sockets fail (here, or in the front for
+        grpcio and TCP) is refused first, with exit code 2, instead of crash-looping the
+        front: a path holding a non-socket, a live server, a group the socket cannot be
+        given."""
         kind, address = parse_address(self.settings.socket)
         paths = [address] if kind == "unix" else []
         paths += [self.settings.raw_socket] if self.settings.raw_socket else []
@@ -141,6 +147,28 @@ class Supervisor:
         mine = {os.getegid(), *os.getgroups()}
         if paths and gid is not None and os.geteuid() != 0 and gid not in mine:
             raise ConfigError(f"socket_group {self.settings.socket_group!r}: not a member")
+
+    def _bind_public_sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
+        """Bind the public Unix sockets the front serves and keep them: they outlive a
+        front, so a front crash loses only its in-flight calls while new connections
+        wait in the backlog for the next front, instead of being refused. The grpcio
+        front (which cannot take a socket) and TCP addresses bind in the front."""
+        kind, address = parse_address(self.settings.socket)
+        mode, gid = self.settings.socket_mode, self.settings.socket_gid()
+        grpc_sock = None
+        if kind == "unix" and self.settings.front == "native":
+            grpc_sock = sockets.bind_unix_listener(Path(address), mode, group=gid)
+        raw = self.settings.raw_socket
+        raw_sock = sockets.bind_unix_listener(Path(raw), mode, group=gid) if raw else None
+        return grpc_sock, raw_sock
+
+    def _public(self) -> list[socket.socket]:
+        return [s for s in (self.grpc_sock, self.raw_sock) if s is not None]
+
+    def _close_public(self) -> None:
+        """Stopping: new connections are refused once the front closes its copies too."""
+        for sock in self._public():
+            sock.close()
 
     def _worker_identity(self) -> tuple[int, int, tuple[int, ...]] | None:
         """Who workers run as (``user``/``group``); refuses what cannot work before
@@ -192,9 +220,21 @@ class Supervisor:
         self.notifier.watchdog_ping()
         if self.watch is not None:
             timeout = min(timeout, self.watch.wait_time(time.monotonic()))
-        for key, _ in self.selector.select(min(timeout, self._watchdog_period())):
+        # State changes systemd's full queue could not take wait for room here, in the
+        # loop, never in a blocking send (systemd.py).
+        notify = self.notifier.waiting_socket()
+        if notify is not None:
+            self.selector.register(notify, selectors.EVENT_WRITE)
+        try:
+            ready = self.selector.select(min(timeout, self._watchdog_period()))
+        finally:
+            if notify is not None:
+                self.selector.unregister(notify)
+        for key, _ in ready:
             if key.fileobj is self.wake_r:
                 self._drain_wakeups()
+            elif key.fileobj is notify:
+                self.notifier.flush()
             else:
                 self._read_status(key.data)
         while self.signals:
@@ -360,6 +400,7 @@ class Supervisor:
     def _stop(self, graceful: bool) -> None:
         log.info("%s stop requested", "graceful" if graceful else "fast")
         self.notifier.stopping()
+        self._close_public()
         self.pool.stop(graceful)
 
     def _resize(self, delta: int) -> None:
@@ -409,7 +450,8 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             self.selector.close()
             kept = {channel.fileno(), *(sock.fileno() for sock in keep)}
-            for sock in (mine, self.wake_r, self.wake_w, self.bridge, *self.channels.sockets()):
+            others = (self.wake_r, self.wake_w, self.bridge, *self._public())
+            for sock in (mine, *others, *self.channels.sockets()):
                 if sock.fileno() not in kept:
                     sock.close()
             channel.detach()  # the child owns the descriptor now (its spec carries it)
@@ -450,12 +492,14 @@ class Supervisor:
 
     def _spawn_front(self) -> None:
         mine, theirs = open_pair()
-        spec = FrontSpec(self.bridge, theirs.fileno(), self.board.path)
+        spec = FrontSpec(
+            self.bridge, theirs.fileno(), self.board.path, self.grpc_sock, self.raw_sock
+        )
 
         def child() -> int:
             return self.children.front(self.settings, spec)
 
-        self.front_pid = self._fork(child, (mine, theirs), self.bridge)
+        self.front_pid = self._fork(child, (mine, theirs), self.bridge, *self._public())
         self.channels.attach(Sender(mine, is_front=True), self.front_pid)
         self.pool.spawned(self.front_pid, 0, 0, time.monotonic())
 
@@ -505,6 +549,8 @@ class Supervisor:
 
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
+        self._close_public()
+        self.notifier.flush()  # what systemd can still take (STOPPING=1); never waits
         self.bridge.close()
         for path in (self.bridge_path, self.runtime_dir / "supervisor.pid"):
             path.unlink(missing_ok=True)

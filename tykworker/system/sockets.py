@@ -8,6 +8,7 @@ never more open than asked, even briefly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -67,3 +68,20 @@ def set_group(path: str, gid: int | None) -> None:
         os.chown(path, -1, gid, follow_symlinks=False)
     except PermissionError as exc:
         raise ConfigError(f"cannot give {path} the group {gid}: {exc.strerror}") from exc
+
+
+def path_identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of what is at ``path`` now (None: nothing)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def unlink_if_same(path: str, identity: tuple[int, int] | None) -> None:
+    """Remove ``path`` if it is still the file ``identity`` named: a socket a new server
+    has bound at the same path since (after ours stopped listening) is left alone."""
+    if identity is not None and path_identity(path) == identity:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -21,11 +21,13 @@ Invariants:
 * Notifying never raises: without ``$NOTIFY_SOCKET`` (not under systemd), or with a
   broken socket, a send returns ``False`` and the first such failure is logged at DEBUG
   level; the service carries on.
-* Notifying never stalls the caller for long. The receiver's queue is short
-  (``net.unix.max_dgram_qlen`` is 10 unless systemd's sysctl raised it to 512), so when it
-  is full: state changes (READY, RELOADING, STOPPING), which systemd must not miss, wait
-  up to ``send_timeout`` (1 s) for room; STATUS and WATCHDOG, which the supervisor sends
-  often and which the next one supersedes, fail at once.
+* Notifying never blocks the caller: every send is non-blocking. The receiver's queue
+  is short (``net.unix.max_dgram_qlen`` is 10 unless systemd's sysctl raised it to 512)
+  and a busy or stuck systemd may not read it for seconds; when it is full, state changes
+  (READY, RELOADING, STOPPING), which systemd must not miss, are kept in order (at most
+  ``MAX_KEPT``, the oldest dropped beyond) and sent by ``flush`` once there is room:
+  the caller watches ``waiting_socket()`` for writability in its own event loop. STATUS
+  and WATCHDOG, which the next one supersedes, fail at once and are never kept.
 * ``Notifier`` keeps one socket open for its lifetime (the supervisor sends a watchdog
   ping per loop turn); the module-level functions share one such notifier, recreated when
   ``$NOTIFY_SOCKET`` changes.
@@ -36,9 +38,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -46,6 +48,8 @@ log = logging.getLogger("tykworker.systemd")
 
 #: The supervisor pings at most this many times per watchdog interval.
 WATCHDOG_PINGS_PER_INTERVAL: Final = 4
+#: State changes kept while systemd's queue is full (a reload is two: RELOADING, READY).
+MAX_KEPT: Final = 8
 
 
 def monotonic_usec() -> int:
@@ -105,10 +109,10 @@ def _one_line(text: str) -> str:
 
 
 class Notifier:
-    """One service's channel to systemd; keeps its datagram socket open.
+    """One service's channel to systemd; keeps its datagram socket open (connected to
+    ``$NOTIFY_SOCKET``, so that it can be polled for room in systemd's queue).
 
-    ``environ`` defaults to ``os.environ`` read once, at construction. ``send_timeout`` is
-    the longest a state change waits for room in a full receive queue. ``clock``
+    ``environ`` defaults to ``os.environ`` read once, at construction. ``clock``
     (seconds, monotonic) is only used to rate-limit watchdog pings.
     """
 
@@ -116,7 +120,6 @@ class Notifier:
         self,
         environ: Mapping[str, str] | None = None,
         *,
-        send_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         env = os.environ if environ is None else environ
@@ -124,8 +127,8 @@ class Notifier:
         self._address = notify_address(self.socket_name)
         #: Watchdog interval in seconds, or None when systemd set no watchdog for us.
         self.watchdog_interval: float | None = watchdog_interval(env)
-        self._send_timeout = send_timeout
         self._clock = clock
+        self._kept: deque[bytes] = deque()  # state changes waiting for room, in order
         self._last_ping: float | None = None
         self._sock: socket.socket | None = None
         self._failure_logged = False
@@ -136,16 +139,17 @@ class Notifier:
         """True if ``$NOTIFY_SOCKET`` named a usable address."""
         return self._address is not None
 
-    def notify(self, *lines: str, wait: bool = False) -> bool:
-        """Send the assignments ``lines`` (``"READY=1"``, ...) in one datagram.
+    def notify(self, *lines: str, keep: bool = False) -> bool:
+        """Send the assignments ``lines`` (``"READY=1"``, ...) in one datagram, without
+        blocking.
 
-        With ``wait``, a full receive queue is waited on for up to ``send_timeout``;
-        without, it fails the send at once.
+        With ``keep``, a datagram that finds systemd's queue full (or state changes kept
+        before it still waiting) is kept and sent, in order, by ``flush``.
 
-        Returns True if the datagram was queued on systemd's socket, False if there is no
-        usable ``$NOTIFY_SOCKET`` or sending failed (logged once, at DEBUG). Raises
-        ``ValueError`` only for a malformed line (a bug in the caller): one without ``=``
-        or containing a newline.
+        Returns True if the datagram was queued on systemd's socket now, False if it was
+        kept for later, there is no usable ``$NOTIFY_SOCKET`` or sending failed (logged
+        once, at DEBUG). Raises ``ValueError`` only for a malformed line (a bug in the
+        caller): one without ``=`` or containing a newline.
         """
         data = _encode(lines)
         if self._address is None:
@@ -154,19 +158,67 @@ class Notifier:
             )
             return False
         with self._lock:
+            if keep and self._kept:
+                self._keep_locked(data)
+                self._flush_locked()
+                return False
             try:
-                if self._sock is None:
-                    self._sock = self._open()
-                # A blocking socket whose kernel send timeout bounds the wait; an
-                # unconnected datagram socket cannot be polled for room in the peer's
-                # queue, so the kernel has to do the waiting.
-                flags = 0 if wait else socket.MSG_DONTWAIT
-                self._sock.sendto(data, flags, self._address)
+                self._send_locked(data)
+            except BlockingIOError:
+                if keep:
+                    self._keep_locked(data)
+                self._failed("sd_notify to %s: its queue is full", self.socket_name)
+                return False
             except OSError as exc:
-                self._close_locked()
                 self._failed("sd_notify to %s failed: %s", self.socket_name, exc)
                 return False
         return True
+
+    def waiting_socket(self) -> socket.socket | None:
+        """The socket to watch for writability while state changes are kept (call
+        ``flush`` when it is writable), or None when nothing waits."""
+        with self._lock:
+            if self._kept and self._sock is None:  # closed by a failed STATUS meanwhile
+                self._flush_locked()
+            return self._sock if self._kept else None
+
+    def flush(self) -> bool:
+        """Send the kept state changes, in order, as far as systemd's queue has room;
+        never blocks. True when none is left waiting."""
+        with self._lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> bool:
+        while self._kept:
+            try:
+                self._send_locked(self._kept[0])
+            except BlockingIOError:
+                return False
+            except OSError as exc:  # systemd gone: what it missed is moot
+                self._failed("sd_notify to %s failed: %s", self.socket_name, exc)
+                self._kept.clear()
+                return True
+            self._kept.popleft()
+        return True
+
+    def _keep_locked(self, data: bytes) -> None:
+        if len(self._kept) >= MAX_KEPT:
+            dropped = self._kept.popleft()
+            log.warning("systemd is not reading its notifications: dropped %r", dropped[:40])
+        self._kept.append(data)
+
+    def _send_locked(self, data: bytes) -> None:
+        """One non-blocking send; raises ``BlockingIOError`` (queue full, socket kept) or
+        another ``OSError`` (socket closed: the next send reconnects)."""
+        try:
+            if self._sock is None:
+                self._sock = self._open()
+            self._sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise
+        except OSError:
+            self._close_locked()
+            raise
 
     def ready(self, status: str | None = None) -> bool:
         """READY=1 (start-up or a reload finished), with an optional STATUS= line."""
@@ -177,7 +229,7 @@ class Notifier:
         lines = ["RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}"]
         if status is not None:
             lines.append("STATUS=" + _one_line(status))
-        return self.notify(*lines, wait=True)
+        return self.notify(*lines, keep=True)
 
     def stopping(self, status: str | None = None) -> bool:
         """STOPPING=1: shutdown started."""
@@ -221,18 +273,15 @@ class Notifier:
 
     def _state_change(self, line: str, status: str | None) -> bool:
         if status is None:
-            return self.notify(line, wait=True)
-        return self.notify(line, "STATUS=" + _one_line(status), wait=True)
+            return self.notify(line, keep=True)
+        return self.notify(line, "STATUS=" + _one_line(status), keep=True)
 
     def _open(self) -> socket.socket:
+        # Connected: poll() then reports room in systemd's queue (an unconnected
+        # datagram socket is always "writable"), and a vanished receiver is an error.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            seconds = max(self._send_timeout, 0.0)
-            whole = int(seconds)
-            timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
-            if timeval == struct.pack("ll", 0, 0):
-                timeval = struct.pack("ll", 0, 1)  # 0 would mean "wait forever"
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            sock.connect(self._address or "")
         except OSError:
             sock.close()
             raise

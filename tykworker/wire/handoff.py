@@ -27,6 +27,10 @@ class FrontSpec:
     # Its own channel to the supervisor (wire/control.py): status out, live settings in.
     channel_fd: int
     scoreboard_path: Path
+    # The public Unix listeners the supervisor bound (and keeps, so that they outlive a
+    # front); None: the front binds its own (grpcio front, TCP address, no raw socket).
+    grpc_sock: socket.socket | None = None
+    raw_sock: socket.socket | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ so half-done mutations of a failed hook never reach the gateway:
 * handler raised, returned a wrong
   shape, has an unusable argument
   count, or its bundle cannot load  -> ``Reason.HOOK_ERROR`` (500)
+* reply over ``max_message_mb``     -> ``Reason.HOOK_ERROR`` (500), see ``oversized_reply``
 
 Each failure is also noted in ``logs.active_call.failure`` (the reason's code; events:
 ``no_hook``/``hook_error``), which the worker loop reports to the front for its metrics,
@@ -55,6 +56,7 @@ from tykworker._proto import coprocess_session_state_pb2 as session_pb2
 from tykworker.errors import HookError, HookNotFound, PluginLoadError
 from tykworker.logs import active_call
 from tykworker.wire import answers
+from tykworker.wire.frames import peek_object_header
 from tykworker.wire.reasons import Reason
 from tykworker.worker.scope import Scope
 from tykworker.worker.tyk.decorators import HandlerDecorator
@@ -121,6 +123,33 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
         except BaseException as exc:
             _log_failure(context, obj, exc)
             return _failure(payload, obj, Reason.HOOK_ERROR)
+
+
+def oversized_reply(payload: bytes, size: int, limit: int) -> bytes:
+    """The answer to a call whose hook built a reply of ``size`` bytes, over ``limit``
+    (``max_message_mb``): no channel after the worker may carry it (the front's bridge
+    decoder and the gRPC peer refuse it), so it gets the ``HOOK_ERROR`` answer instead,
+    logged, and the worker keeps serving.
+
+    Invariant: the result is at most ``limit`` bytes for a ``payload`` of at most
+    ``limit`` bytes (what the worker's decoder accepts): the original request plus the
+    fragment when that fits, else the fragment alone (an Object with only the override,
+    like the ``BAD_REQUEST`` answer), the one case where nothing is echoed.
+    """
+    hook_type, hook = peek_object_header(payload)
+    calls_log.error(
+        "hook %s built a reply of %d bytes, over max_message_mb (%d bytes): answered %d %r",
+        hook or '""',
+        size,
+        limit,
+        Reason.HOOK_ERROR.status,
+        Reason.HOOK_ERROR.message,
+    )
+    active_call.failure = Reason.HOOK_ERROR.code
+    reply = answers.failure_reply(payload, hook_type, Reason.HOOK_ERROR, False)
+    if len(reply) <= limit:
+        return reply
+    return answers.failure_reply(b"", hook_type, Reason.HOOK_ERROR, False)
 
 
 def drop_ignored_copies(obj: object_pb2.Object) -> None:

@@ -56,6 +56,7 @@ from tykworker.wire.frames import (
 )
 from tykworker.wire.handoff import WorkerSpec
 from tykworker.wire.scoreboard import Scoreboard, SlotState
+from tykworker.worker.dispatch import oversized_reply
 
 log = logging.getLogger("tykworker.worker")
 
@@ -106,6 +107,7 @@ class Worker:
         self.label = f"worker {spec.seat} gen {spec.generation}"
         self.out: list[bytes] = []  # frames made, not yet sent (``_flush``)
         self.doing = "starting"  # the process title's last word(s)
+        self.max_reply = settings.max_message_bytes
 
     def run(self) -> int:
         signals = _Signals()
@@ -232,6 +234,8 @@ class Worker:
         self._set_state(SlotState.BUSY, call_id, hook)
         self._title(f"running {hook or '?'}")
         reply = run(payload)
+        if len(reply) > self.max_reply:  # would break the bridge: a defined answer instead
+            reply = oversized_reply(payload, len(reply), self.max_reply)
         logs.end_call()
         head = encode_header(FrameKind.REPLY, call_id, len(reply))
         if logs.active_call.failure:  # tell the front before the reply (its metrics)
@@ -255,7 +259,10 @@ class Worker:
         """Send the frames made so far, in order."""
         if self.out:
             out, self.out = self.out, []
-            _send_all(bridge, out)
+            # A front that closed first (it drained us on a reload, or it is gone) cannot
+            # take them; the next read sees its end of file and the worker exits.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                _send_all(bridge, out)
 
     def _check_recycle(self) -> None:
         if self.settings.max_requests and self.calls >= self.limit:

@@ -3,6 +3,7 @@
 import ctypes
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -76,8 +77,17 @@ def BigBody(request, session, spec):
 
 @Hook  # noqa: F405
 def Inflate(request, session, spec):
-    """A small request, a large answer: a body of ``Size`` bytes."""
-    request.object.raw_body = b"i" * int(request.get_header("Size") or "0")
+    """A reply body of ``Size`` bytes (tests of replies over ``max_message_mb``)."""
+    request.object.raw_body = b"x" * int(request.get_header("Size") or "0")
+    request.add_header("X-Worker-Pid", str(os.getpid()))
+    return request, session
+
+
+@Hook  # noqa: F405
+def TrapTerm(request, session, spec):
+    """Installs a SIGTERM handler that ignores the signal, as some libraries do."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    request.add_header("X-Worker-Pid", str(os.getpid()))
     return request, session
 
 
@@ -89,6 +99,9 @@ def Store(request, session, spec):
     request.add_header("X-Value", tyk.get_data(key).decode())
     request.add_header("X-Worker-Pid", str(os.getpid()))
     time.sleep(float(request.get_header("Hold") or "0"))  # keep this worker busy
+    gate = request.get_header("Gate")  # or until the test releases it (conftest ``gate``)
+    while gate and not os.path.exists(gate):
+        time.sleep(0.005)
     return request, session
 
 
