@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -382,7 +383,7 @@ def test_hook_in_event_handlers_is_refused_at_start(start_server, workdir):
     log = server.log()
     assert "misplaced.py:4: @Hook Misplaced in event_handlers directory" in log
     assert "holds @Event handlers only" in log
-    assert "1 hooks" not in log
+    assert not re.search(r"loaded event_handlers directory \S+: [1-9]\d* hooks", log)
 
 
 def test_misspelt_tykworker_variable_is_named_by_serve_and_the_cli(start_server):
