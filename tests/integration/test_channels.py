@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -119,13 +121,41 @@ def test_reload_does_not_signal_an_unrelated_process_named_in_the_pid_file(start
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_a_worker_maps_only_its_own_slot_of_the_scoreboard(start_server):
+    """Plugin code runs in workers: of the scoreboard (health's and status's source) it can
+    reach only its own worker's slot, one page: not the header, not a sibling's slot (no
+    mapping inherited from the supervisor, no descriptor to map more)."""
+    page = mmap.ALLOCATIONGRANULARITY  # the header's page is at offset 0
+
+    server = start_server("--workers", "2", plugins=HOSTILE)
+    seen = set()
+    with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent calls reach both workers
+        for _ in range(20):
+            for reply in pool.map(lambda _: server.dispatch("BoardMaps"), range(16)):
+                pid = int(reply.request.set_headers["X-Worker-Pid"])
+                maps = json.loads(reply.request.set_headers["X-Maps"])
+                assert len(maps) == 1, maps
+                ((offset, size, _perms),) = maps
+                assert size == page and offset >= page, maps
+                seen.add((pid, offset))
+            if len({p for p, _ in seen}) == 2:
+                break
+    assert len(seen) == 2 and len({o for _, o in seen}) == 2, seen  # each its own page
+
+
 def test_health_does_not_trust_the_scoreboard_header(start_server):
-    """A worker can write the scoreboard (it maps it to write its slot): a forged
-    generation must not make health answer NOT_SERVING while calls succeed."""
+    """A plugin of the workers' own uid can open the scoreboard by path (a worker maps only
+    its slot, and as ``--user`` it cannot open the file): a forged generation must not make
+    health answer NOT_SERVING while calls succeed."""
     from tests.integration.test_observability import check
 
     server = start_server("--workers", "1", plugins=HOSTILE)
     serving = check(server)
-    assert int(server.dispatch("ForgeBoard").request.set_headers["X-Worker-Pid"])
+    from tykworker.wire.scoreboard import Scoreboard
+
+    (board,) = server.workdir.glob(".*.tykworker/scoreboard")
+    forged = server.dispatch("ForgeBoard", headers={"Board": str(board)})
+    assert int(forged.request.set_headers["X-Worker-Pid"])
+    assert Scoreboard.open(board, writable=False).header().generation == 999  # it did
     assert check(server) == serving, server.log()
     assert _pid_of(server, "Echo") in server.worker_pids()

@@ -420,3 +420,29 @@ def test_failed_reload_counts_import_failures_not_restarts(start_server, workdir
     assert value(samples, "tykworker_worker_restarts_total") == 0
     assert value(samples, "tykworker_worker_import_failures_total") == 1
     assert value(samples, "tykworker_reloads_total", outcome="failed") == 1
+
+
+def test_status_shows_only_this_supervisors_workers_and_checks_the_supervisor(start_server):
+    """What status reads could be written by others (a plugin of the same uid can open the
+    scoreboard by path): a slot naming a process that is not one of the supervisor's
+    children is not shown, and a header naming a process that is not this server's
+    supervisor (a recycled pid) reads as nothing running."""
+    from tykworker.wire.scoreboard import MAX_SLOTS, Scoreboard, SlotState
+
+    server = start_server("--workers", "1")
+    (path,) = server.workdir.glob(".*.tykworker/scoreboard")
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        board = Scoreboard.open(path)
+        board.write_slot(MAX_SLOTS - 1, pid=stranger.pid, generation=1, state=SlotState.BUSY)
+        shown = {w["pid"] for w in status(server)["workers"]}
+        assert shown == server.worker_pids() and stranger.pid not in shown
+        real = board.header().supervisor_pid
+        board.write_header(supervisor_pid=stranger.pid)
+        done = cli(server, "status")
+        assert done.returncode == 2 and "no running tykworker found" in done.stderr
+        board.write_header(supervisor_pid=real)
+        board.close()
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -168,7 +168,7 @@ def test_workers_drop_root_privileges_before_importing_plugins(start_server, wor
         uids, gids = psutil.Process(pid).uids(), psutil.Process(pid).gids()
         assert set(uids) == {nobody.pw_uid} and set(gids) == {nobody.pw_gid}
     assert psutil.Process(server.front_pid()).uids().effective == 0
-    # The scoreboard stays writable: status shows what the workers report.
+    # Each worker maps its own scoreboard slot before the drop: status shows them all.
     status = _cli("status", "--socket", server.socket)
     assert all(str(pid) in status.stdout for pid in server.worker_pids()), status.stdout
     # Recycling (--max-requests 3) and reloading keep working as that user.

@@ -107,28 +107,15 @@ def _supervisor_pid(settings: Settings) -> int:
 
 
 def _verify_supervisor(settings: Settings, pid: int) -> None:
-    """Refuse (ConfigError) unless ``pid`` is this server's supervisor: its process title
-    names this socket, it runs as the owner of the runtime directory, and no process above
-    it has that title too (plugin code can write the pid file and give a process of its own
-    the supervisor's title, but that process descends from the real supervisor)."""
-    import psutil
+    """Refuse (ConfigError) unless ``pid`` is this server's supervisor
+    (``status.supervisor_problem``)."""
+    from tykworker.cli.status import supervisor_problem
 
-    expected = f"tykworker: supervisor {settings.socket}"
-    try:
-        proc = psutil.Process(pid)
-        title = " ".join(proc.cmdline()).strip()
-        uid = proc.uids().real
-        above = [" ".join(p.cmdline()).strip() for p in proc.parents()]
-        owner = settings.resolved_runtime_dir().stat().st_uid
-    except (psutil.Error, OSError) as exc:
-        raise ConfigError(
-            f"pid {pid} from supervisor.pid is not a running tykworker: {exc}"
-        ) from exc
-    if title != expected or uid != owner or expected in above:
-        raise ConfigError(
-            f"pid {pid} from supervisor.pid is not the supervisor of {settings.socket} "
-            f"({title!r}, uid {uid}; the runtime directory belongs to uid {owner}): not signalled"
-        )
+    problem = supervisor_problem(settings, pid)
+    if problem == "gone":
+        raise ConfigError(f"pid {pid} from supervisor.pid is not a running tykworker: gone")
+    if problem is not None:
+        raise ConfigError(f"pid {pid} from supervisor.pid is {problem}: not signalled")
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -4,13 +4,18 @@ Read-only: maps the scoreboard without write access, so it can run as any user w
 read the runtime directory, as often as wanted, without disturbing the server. Counters
 (calls, timeouts, crashes, overloads, plugin errors) are the front's since it started;
 restarts and reloads are the supervisor's since the server started.
+
+Trust: the header is written by the supervisor and the front only (workers, which run
+plugin code, map nothing but their own slot, wire/scoreboard.py); the supervisor pid is
+checked to be this server's supervisor (``supervisor_problem``), and a slot is shown only
+if its pid is a child of that supervisor, so a plugin can at most misreport its own
+worker's line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 from tykworker.config import Settings
@@ -28,11 +33,13 @@ def render_status(settings: Settings, as_json: bool = False) -> str:
         header, slots = board.header(), board.slots()
     finally:
         board.close()
-    if not _alive(header.supervisor_pid):
+    problem = supervisor_problem(settings, header.supervisor_pid)
+    if problem is not None:
         raise ConfigError(
             f"no running tykworker found for {settings.socket} (the scoreboard at {path} is"
-            f" from supervisor pid {header.supervisor_pid}, which is gone)"
+            f" from supervisor pid {header.supervisor_pid}: {problem})"
         )
+    slots = [s for s in slots if _parent_of(s.pid) == header.supervisor_pid]
     if as_json:
         doc = {
             "server": dataclasses.asdict(header),
@@ -59,14 +66,38 @@ def render_status(settings: Settings, as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (signal 0; EPERM means it exists but is not ours)."""
+def supervisor_problem(settings: Settings, pid: int) -> str | None:
+    """Why ``pid`` is not this server's supervisor, or None if it is: its process title
+    names this socket, it runs as the owner of the runtime directory, and no process above
+    it has that title too (plugin code can write the pid file and give a process of its own
+    the supervisor's title, but that process descends from the real supervisor)."""
+    import psutil
+
     if pid <= 0:
-        return False
+        return "no pid"
+    expected = f"tykworker: supervisor {settings.socket}"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        proc = psutil.Process(pid)
+        title = " ".join(proc.cmdline()).strip()
+        uid = proc.uids().real
+        above = [" ".join(p.cmdline()).strip() for p in proc.parents()]
+        owner = settings.resolved_runtime_dir().stat().st_uid
+    except psutil.NoSuchProcess:
+        return "gone"
+    except (psutil.Error, OSError) as exc:
+        return f"not a running tykworker: {exc}"
+    if title != expected or uid != owner or expected in above:
+        return (
+            f"not the supervisor of {settings.socket} ({title!r}, uid {uid}; the runtime"
+            f" directory belongs to uid {owner})"
+        )
+    return None
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` (None if it is gone or not ours to see)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

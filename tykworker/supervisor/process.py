@@ -449,6 +449,7 @@ class Supervisor:
             for signum in _HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
             self.selector.close()
+            self.board.close()  # the child maps what it may write itself (a worker: its slot)
             kept = {channel.fileno(), *(sock.fileno() for sock in keep)}
             others = (self.wake_r, self.wake_w, self.bridge, *self._public())
             for sock in (mine, *others, *self.channels.sockets()):

@@ -1,8 +1,11 @@
 """Shared-memory scoreboard: what every process is doing, readable by ``tykworker status``.
 
-A file ``<runtime_dir>/scoreboard`` mapped with ``mmap`` by the supervisor (creator), the
-front and every worker, and read-only by the status command. Layout: one header record
-then ``MAX_SLOTS`` fixed-size worker slots.
+A file ``<runtime_dir>/scoreboard`` mapped with ``mmap`` by the supervisor (creator) and
+the front, read-only by the status command; each worker maps only the page of its own slot
+(``Scoreboard.open_slot``). Layout: the header record in the first page, then
+``MAX_SLOTS`` worker slots, one per page (the unit a mapping can be limited to), so plugin
+code, which runs in workers, can write nothing of the scoreboard but its own worker's slot:
+not the header (health, counters, pids), not another worker's slot.
 
 Single-writer rule (so no locks are needed):
 * header "supervisor" fields (pid, generation, target, restarts, degraded, started_at,
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-MAGIC: Final = b"TWSB0001"
+MAGIC: Final = b"TWSB0002"
 MAX_SLOTS: Final = 256
 # magic, sup pid, front pid, generation, target workers, restarts, degraded, started_at,
 # queue depth, calls, timeouts, crashes, overloads, errors, reloads, reload failures,
@@ -68,7 +71,13 @@ _HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQIIQ", _HEADER_NAMES)
 # seq, pid, generation, state, call_id, started_at, calls, rss, hook name (48 bytes)
 _SLOT: Final = struct.Struct("<IIIBQdQQ48s")
 SLOT_SIZE: Final = 96
-FILE_SIZE: Final = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE
+PAGE: Final = mmap.ALLOCATIONGRANULARITY  # mmap offsets are multiples of it
+FILE_SIZE: Final = PAGE * (1 + MAX_SLOTS)  # sparse: only pages in use take memory
+
+
+def slot_offset(index: int) -> int:
+    """Where slot ``index`` starts in the file: its own page."""
+    return PAGE * (1 + index)
 
 
 class SlotState(enum.IntEnum):
@@ -146,6 +155,17 @@ class Scoreboard:
             raise ValueError(f"{path} is not a tykworker scoreboard")
         return cls(path, mm)
 
+    @classmethod
+    def open_slot(cls, path: Path, index: int) -> OwnSlot:
+        """Map only the page of slot ``index`` (what a worker may write); the descriptor
+        is closed before this returns."""
+        fd = os.open(path, os.O_RDWR)
+        try:
+            mm = mmap.mmap(fd, PAGE, offset=slot_offset(index))
+        finally:
+            os.close(fd)
+        return OwnSlot(index, mm)
+
     def close(self) -> None:
         self._mm.close()
 
@@ -183,14 +203,9 @@ class Scoreboard:
         rss: int = 0,
         hook: str = "",
     ) -> None:
-        offset = HEADER_SIZE + index * SLOT_SIZE
-        writing = (struct.unpack_from("<I", self._mm, offset)[0] + 1) | 1  # odd: mid-write
-        struct.pack_into("<I", self._mm, offset, writing)
-        name = hook.encode("utf-8", "replace")[:48]
-        _SLOT.pack_into(
+        _write_slot(
             self._mm,
-            offset,
-            writing,
+            slot_offset(index),
             pid,
             generation,
             state,
@@ -198,15 +213,14 @@ class Scoreboard:
             started_at,
             calls,
             rss,
-            name,
+            hook,
         )
-        struct.pack_into("<I", self._mm, offset, (writing + 1) & 0xFFFFFFFF)
 
     def clear_slot(self, index: int) -> None:
         self.write_slot(index, pid=0, generation=0, state=SlotState.FREE)
 
     def slot(self, index: int) -> SlotView:
-        offset = HEADER_SIZE + index * SLOT_SIZE
+        offset = slot_offset(index)
         for _ in range(100):
             values = _SLOT.unpack_from(self._mm, offset)
             if values[0] & 1:
@@ -230,3 +244,53 @@ class Scoreboard:
         """Every non-free slot."""
         views = (self.slot(i) for i in range(MAX_SLOTS))
         return [v for v in views if v.state != SlotState.FREE]
+
+
+class OwnSlot:
+    """A worker's mapping of its own slot only (``Scoreboard.open_slot``)."""
+
+    def __init__(self, index: int, mm: mmap.mmap) -> None:
+        self.index = index
+        self._mm = mm
+
+    def write_slot(
+        self,
+        index: int,
+        *,
+        pid: int,
+        generation: int,
+        state: SlotState,
+        call_id: int = 0,
+        started_at: float = 0.0,
+        calls: int = 0,
+        rss: int = 0,
+        hook: str = "",
+    ) -> None:
+        if index != self.index:
+            raise ValueError(f"slot {index} is not this worker's (slot {self.index})")
+        _write_slot(self._mm, 0, pid, generation, state, call_id, started_at, calls, rss, hook)
+
+    def close(self) -> None:
+        self._mm.close()
+
+
+def _write_slot(
+    mm: mmap.mmap,
+    offset: int,
+    pid: int,
+    generation: int,
+    state: SlotState,
+    call_id: int,
+    started_at: float,
+    calls: int,
+    rss: int,
+    hook: str,
+) -> None:
+    """The seqlock write of one slot record at ``offset`` of ``mm``."""
+    writing = (struct.unpack_from("<I", mm, offset)[0] + 1) | 1  # odd: mid-write
+    struct.pack_into("<I", mm, offset, writing)
+    name = hook.encode("utf-8", "replace")[:48]
+    _SLOT.pack_into(
+        mm, offset, writing, pid, generation, state, call_id, started_at, calls, rss, name
+    )
+    struct.pack_into("<I", mm, offset, (writing + 1) & 0xFFFFFFFF)

@@ -101,7 +101,7 @@ class Worker:
         self.calls = 0
         self.draining = False
         self.limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
-        self.board = Scoreboard.open(spec.scoreboard_path)
+        self.board = Scoreboard.open_slot(spec.scoreboard_path, spec.index)  # its slot only
         self.process = psutil.Process()
         self.rss = 0
         self.label = f"worker {spec.seat} gen {spec.generation}"
