@@ -197,12 +197,12 @@ class Settings:
         60.0, "seconds a request (or an answer held by flow control) may wait on the client", float
     )
     connection_buffer_mb: int = _setting(
-        128,
+        512,
         "incomplete requests + answers held for a client, MiB per connection (>= max_message_mb)",
         int,
     )
     total_buffer_mb: int = _setting(
-        512, "the same bytes summed over all connections, MiB (>= connection_buffer_mb)", int
+        1024, "the same bytes summed over all connections, MiB (>= connection_buffer_mb)", int
     )
     reload: bool = _setting(
         False,

@@ -60,15 +60,20 @@ def test_defaults_without_any_layer() -> None:
         600,
         60,
     )
-    assert s.connection_buffer_bytes == 128 * 1024 * 1024
-    assert s.total_buffer_bytes == 512 * 1024 * 1024
+    assert s.connection_buffer_bytes == 512 * 1024 * 1024
+    assert s.total_buffer_bytes == 1024 * 1024 * 1024
 
 
 def test_buffer_bounds_never_go_below_one_message_or_one_connection() -> None:
     s = load_settings(
-        {}, environ={"TYKWORKER_MAX_MESSAGE_MB": "200", "TYKWORKER_TOTAL_BUFFER_MB": "1"}
+        {},
+        environ={
+            "TYKWORKER_MAX_MESSAGE_MB": "600",
+            "TYKWORKER_CONNECTION_BUFFER_MB": "8",
+            "TYKWORKER_TOTAL_BUFFER_MB": "1",
+        },
     )
-    assert s.connection_buffer_bytes == 201 * 1024 * 1024 == s.total_buffer_bytes
+    assert s.connection_buffer_bytes == 601 * 1024 * 1024 == s.total_buffer_bytes
 
 
 def test_load_settings_ignores_the_process_environment_when_given_one(
