@@ -32,7 +32,7 @@ import contextlib
 import logging
 import os
 import random
-import selectors
+import select
 import signal
 import socket
 import time
@@ -175,9 +175,12 @@ class Worker:
         # the allocator mmap/mremap/munmap) a fresh MiB per call.
         buffer = bytearray(_RECV_SIZE)
         view = memoryview(buffer)
-        selector = selectors.DefaultSelector()
-        selector.register(bridge, selectors.EVENT_READ)
-        selector.register(signals.wake_r, selectors.EVENT_READ)
+        # epoll itself, not ``selectors``: its per-wait Python layer costs as much as the
+        # system call, once per batch of calls.
+        poller = select.epoll()
+        poller.register(bridge.fileno(), select.EPOLLIN)
+        poller.register(signals.wake_r.fileno(), select.EPOLLIN)
+        wake = signals.wake_r.fileno()
         while True:
             if signals.quit:
                 return ExitCode.OK
@@ -185,8 +188,8 @@ class Worker:
                 self._start_drain("SIGTERM")
                 self._flush(bridge)
             signals.busy = False
-            for key, _ in selector.select(timeout=5.0):
-                if key.fileobj is signals.wake_r:
+            for fd, _ in poller.poll(5.0):
+                if fd == wake:
                     signals.wake_r.recv(512)
                     continue
                 try:
