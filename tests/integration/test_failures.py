@@ -9,6 +9,8 @@ import threading
 import grpc
 import pytest
 
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+
 from .conftest import make_object, wait_for
 
 pytestmark = pytest.mark.integration
@@ -75,7 +77,7 @@ def test_worker_dying_mid_call_answers_502_and_is_refilled(start_server, hook):
 def test_sigkill_of_a_busy_worker_answers_crash(start_server):
     server = start_server("--workers", "1")
     (pid,) = server.worker_pids()
-    result = {}
+    result: dict[str, object_pb2.Object] = {}
     thread = threading.Thread(
         target=lambda: result.setdefault("r", server.dispatch("Sleep", headers={"Sleep": "30"}))
     )

@@ -14,6 +14,8 @@ import grpc
 import psutil
 import pytest
 
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+
 from .conftest import FRONT, Server, busy_with, session_processes, wait_for
 
 pytestmark = pytest.mark.integration
@@ -91,7 +93,7 @@ def test_reload_with_broken_plugin_keeps_old_generation(start_server, workdir):
 
 def test_sigterm_drains_in_flight_calls_and_removes_socket(start_server, gate):
     server = start_server("--workers", "1")
-    result = {}
+    result: dict[str, object_pb2.Object] = {}
     thread = threading.Thread(
         target=lambda: result.setdefault("r", server.dispatch("Gate", headers={"Gate": str(gate)}))
     )

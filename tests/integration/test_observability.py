@@ -74,12 +74,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def check(server: Server, service: str = "") -> bytes | grpc.StatusCode:
     """Health Check: the encoded response, or the gRPC error code."""
-    method = server.channel.unary_unary("/grpc.health.v1.Health/Check")
+    method = server.channel.unary_unary("/grpc.health.v1.Health/Check", None, None)
     raw = service.encode()
     try:
         return method(b"\x0a" + bytes([len(raw)]) + raw if raw else b"", timeout=10)  # type: ignore[no-any-return]
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
+        return exc.code()
 
 
 class Watch:
@@ -89,7 +89,8 @@ class Watch:
         self.seen: list[bytes] = []
         self.ended: grpc.StatusCode | None = None
         self.done = threading.Event()
-        self.stream = server.channel.unary_stream("/grpc.health.v1.Health/Watch")(b"", timeout=120)
+        watch = server.channel.unary_stream("/grpc.health.v1.Health/Watch", None, None)
+        self.stream = watch(b"", timeout=120)
         self.thread = threading.Thread(target=self._read)
         self.thread.start()
 

@@ -27,13 +27,9 @@ SECRETS = {"Authorization": f"Bearer {TOKEN}", "Cookie": f"theme=dark; session={
 IS_ROOT = os.geteuid() == 0
 
 
-def _cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tykworker", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        **kw,  # type: ignore[call-overload]
+        [sys.executable, "-m", "tykworker", *args], capture_output=True, text=True, timeout=60
     )
 
 
@@ -195,8 +191,8 @@ def test_user_setting_without_root_is_refused_before_forking(monkeypatch):
 
     nobody = _nobody()
     settings = load_settings({"user": "root", "socket": "/nonexistent/tyk.sock"}, environ={})
-    monkeypatch.setattr(supervisor.os, "geteuid", lambda: nobody.pw_uid)
-    monkeypatch.setattr(supervisor.os, "getuid", lambda: nobody.pw_uid)
+    monkeypatch.setattr(f"{supervisor.__name__}.os.geteuid", lambda: nobody.pw_uid)
+    monkeypatch.setattr(f"{supervisor.__name__}.os.getuid", lambda: nobody.pw_uid)
     with pytest.raises(ConfigError, match="need the server to start as root"):
         supervisor.Supervisor(settings, lambda: settings, CHILDREN)._worker_identity()
 

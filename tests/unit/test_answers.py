@@ -19,13 +19,13 @@ from tykworker._proto import coprocess_session_state_pb2 as session_pb2
 from tykworker.wire.answers import (
     ANSWER_HEADER,
     RESPONSE_HOOK,
-    Reason,
     event_answer,
     event_reply,
     failure_reply,
     override_fragment,
 )
 from tykworker.wire.frames import peek_object_header
+from tykworker.wire.reasons import Reason
 
 REQUEST_HOOKS = [common_pb2.Pre, common_pb2.Post, common_pb2.PostKeyAuth, common_pb2.CustomKeyCheck]
 ALL_HOOKS = [*REQUEST_HOOKS, common_pb2.Response]
