@@ -211,7 +211,9 @@ def test_reload_command_reports_success_and_failure(start_server, workdir):
 
 
 def test_sigint_stops_fast(start_server, gate):
-    server = start_server("--workers", "1")
+    # Neither the hook's deadline nor a graceful stop would end the held call before the
+    # bounds below: only a fast stop does.
+    server = start_server("--workers", "1", "--hook-timeout", "600", "--graceful-timeout", "600")
     outcome: list[object] = []
 
     def call() -> None:  # held on a gate never opened: only a fast stop ends it

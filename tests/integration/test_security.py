@@ -128,12 +128,12 @@ def test_no_tcp_listener_unless_asked(start_server):
         assert proc.net_connections(kind="inet") == [], proc
 
 
-def test_credentials_never_reach_the_log(start_server):
+def test_credentials_never_reach_the_log(start_server, gate):
     server = start_server("--workers", "1", "--hook-timeout", "0.5", "--log-level", "debug")
     reply = server.dispatch("LeakSecrets", headers=SECRETS)
     assert reply.request.return_overrides.response_code == 500
-    # A stuck call too: the timeout log line and the stack dump of every thread.
-    stuck = server.dispatch("Sleep", headers={**SECRETS, "Sleep": "30"})
+    # A stuck call too (its gate is never opened): the timeout line and the stack dumps.
+    stuck = server.dispatch("Gate", headers={**SECRETS, "Gate": str(gate)})
     assert stuck.request.return_overrides.response_code == 504
     log = wait_for(lambda: "Fatal Python error: Aborted" in server.log() and server.log())
     wait_for(lambda: len(server.worker_pids()) == 1, what="stuck worker replaced")
