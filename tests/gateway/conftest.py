@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from tests.gateway.harness import Gateway, Upstream, find_gateway, gateway_conf, start_upstream
+from tests.gateway.harness import (
+    Gateway,
+    Response,
+    Upstream,
+    find_gateway,
+    gateway_conf,
+    http,
+    start_upstream,
+)
 from tests.integration.conftest import Server
 
 HERE = Path(__file__).parent
@@ -89,9 +97,7 @@ class Stack:
         Path(self.server.notify_path).unlink()  # the next Server binds it again
         self.server = self.start_server()
 
-    def get(self, path: str, **kw: Any) -> Any:
-        from tests.gateway.harness import http
-
+    def get(self, path: str, **kw: Any) -> Response:
         return http(self.gateway.url + path, **kw)
 
     def stop(self) -> None:

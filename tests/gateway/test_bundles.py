@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.gateway.conftest import Stack
 from tests.gateway.harness import api, bundle_zip
 
 pytestmark = pytest.mark.gateway
@@ -39,7 +40,7 @@ def test_single_bundle_and_a_new_version(stack, version):
     )
 
 
-def test_two_bundles_merged_by_the_gateway(stack):
+def test_two_bundles_merged_by_the_gateway(stack: Stack):
     publish(stack, "first.zip", "First")
     publish(stack, "second.zip", "Second")
     target = stack.upstream.url + "/pair/"

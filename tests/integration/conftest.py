@@ -164,7 +164,7 @@ class Server:
         return self._channel
 
     def dispatch_raw(self, payload: bytes, timeout: float = 30.0) -> bytes:
-        method = self.channel.unary_unary("/coprocess.Dispatcher/Dispatch")
+        method = self.channel.unary_unary("/coprocess.Dispatcher/Dispatch", None, None)
         return method(payload, timeout=timeout)  # type: ignore[no-any-return]
 
     def dispatch(self, hook: str, hook_type: str = "pre", **kw: Any) -> object_pb2.Object:
@@ -172,7 +172,7 @@ class Server:
         return object_pb2.Object.FromString(self.dispatch_raw(payload))
 
     def event(self, payload: str) -> bytes:
-        method = self.channel.unary_unary("/coprocess.Dispatcher/DispatchEvent")
+        method = self.channel.unary_unary("/coprocess.Dispatcher/DispatchEvent", None, None)
         return method(object_pb2.Event(payload=payload).SerializeToString(), timeout=30)  # type: ignore[no-any-return]
 
     # --- processes ------------------------------------------------------------------

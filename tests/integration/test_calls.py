@@ -113,7 +113,7 @@ def test_tcp_socket(start_server, workdir):
         port = probe.getsockname()[1]
     server = start_server("--workers", "1", "--socket", f"tcp://127.0.0.1:{port}")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    method = channel.unary_unary("/coprocess.Dispatcher/Dispatch")
+    method = channel.unary_unary("/coprocess.Dispatcher/Dispatch", None, None)
     reply = object_pb2.Object.FromString(
         method(make_object("Echo").SerializeToString(), timeout=30)
     )

@@ -1,4 +1,9 @@
-"""Timeouts, crashes and overload: every call gets exactly one defined answer."""
+"""Timeouts, crashes and overload: every call gets exactly one defined answer.
+
+Calls that must outlive their deadline hold on a ``gate`` the test never opens (the hook
+never returns by itself); calls that only need to keep a worker busy hold on a gate the
+test opens once it has seen what it came for.
+"""
 
 from __future__ import annotations
 
@@ -19,26 +24,26 @@ from .conftest import FRONT, make_object, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_timeout_answers_504_dumps_stack_and_replaces_worker(start_server):
+def test_timeout_answers_504_dumps_stack_and_replaces_worker(start_server, gate):
     server = start_server("--workers", "1", "--hook-timeout", "1")
     (stuck,) = server.worker_pids()
-    reply = server.dispatch("Sleep", headers={"Sleep": "60"})
+    reply = server.dispatch("Gate", headers={"Gate": str(gate)})  # never opened
     overrides = reply.request.return_overrides
     assert (overrides.response_code, overrides.response_error) == (504, "Plugin timeout")
     assert overrides.headers["X-Tykworker-Error"] == "timeout"
     wait_for(lambda: server.worker_pids() and stuck not in server.worker_pids(), what="respawn")
     log = wait_for(lambda: "Fatal Python error: Aborted" in server.log() and server.log())
-    assert f"worker pid {stuck} stuck on call" in log and "hook 'Sleep'" in log
-    assert "in Sleep" in log  # the plugin frame is in the dumped stack
+    assert f"worker pid {stuck} stuck on call" in log and "hook 'Gate'" in log
+    assert "in Gate" in log  # the plugin frame is in the dumped stack
     # One record attributes the dump to the call the worker was stuck on.
     assert f"worker pid {stuck} died during call " in log
     attributed = log[log.index(f"worker pid {stuck} died during call ") :]
-    assert attributed.splitlines()[0].endswith("hook 'Sleep'; stacks of all its threads:")
+    assert attributed.splitlines()[0].endswith("hook 'Gate'; stacks of all its threads:")
     assert "Fatal Python error: Aborted" in attributed
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
 
 
-def test_per_hook_type_timeout_and_fail_open(start_server):
+def test_per_hook_type_timeout_and_fail_open(start_server, gate):
     server = start_server(
         "--workers",
         "2",
@@ -49,15 +54,15 @@ def test_per_hook_type_timeout_and_fail_open(start_server):
         "--fail-open",
         "post",
     )
-    reply = server.dispatch("Sleep", hook_type="post", headers={"Sleep": "30"})
+    reply = server.dispatch("Gate", hook_type="post", headers={"Gate": str(gate)})  # never opened
     # Fail open: the original object comes back untouched.
     assert reply.request.return_overrides.response_code == -1
     assert "X-Worker-Pid" not in reply.request.set_headers
 
 
-def test_response_hook_timeout_sets_the_response(start_server):
+def test_response_hook_timeout_sets_the_response(start_server, gate):
     server = start_server("--workers", "1", "--hook-timeout", "0.5")
-    reply = server.dispatch("Sleep", hook_type="response", headers={"Sleep": "30"})
+    reply = server.dispatch("Gate", hook_type="response", headers={"Gate": str(gate)})
     assert reply.response.status_code == 504
     assert b"Plugin timeout" in reply.response.raw_body
 
@@ -77,38 +82,42 @@ def test_worker_dying_mid_call_answers_502_and_is_refilled(start_server, hook):
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
 
 
-def test_sigkill_of_a_busy_worker_answers_crash(start_server):
+def test_sigkill_of_a_busy_worker_answers_crash(start_server, gate):
     server = start_server("--workers", "1")
     (pid,) = server.worker_pids()
-    result = {}
-    thread = threading.Thread(
-        target=lambda: result.setdefault("r", server.dispatch("Sleep", headers={"Sleep": "30"}))
+    result: dict[str, object_pb2.Object] = {}
+    thread = threading.Thread(  # held until the kill: the gate is never opened
+        target=lambda: result.setdefault("r", server.dispatch("Gate", headers={"Gate": str(gate)}))
     )
     thread.start()
-    wait_for(lambda: "running Sleep" in " ".join(_cmdline(pid)), what="worker busy")
+    wait_for(lambda: "running Gate" in " ".join(_cmdline(pid)), what="worker busy")
     os.kill(pid, signal.SIGKILL)
     thread.join(30)
     assert result["r"].request.return_overrides.response_code == 502
     wait_for(lambda: server.worker_pids() - {pid}, what="refill")
 
 
-def test_full_queue_gets_immediate_overload_answer(start_server):
+def test_full_queue_gets_immediate_overload_answer(start_server, gate):
     server = start_server("--workers", "1", "--queue-size", "0")
     (pid,) = server.worker_pids()
+    held: dict[str, object_pb2.Object] = {}
     thread = threading.Thread(
-        target=server.dispatch, args=("Sleep",), kwargs={"headers": {"Sleep": "2"}}
+        target=lambda: held.setdefault("r", server.dispatch("Gate", headers={"Gate": str(gate)}))
     )
     thread.start()
-    wait_for(lambda: "running Sleep" in " ".join(_cmdline(pid)), what="worker busy")
+    wait_for(lambda: "running Gate" in " ".join(_cmdline(pid)), what="worker busy")
     reply = server.dispatch("Echo")
     assert reply.request.return_overrides.response_code == 503
     assert reply.request.return_overrides.headers["X-Tykworker-Error"] == "overload"
+    assert "r" not in held  # the overload answer came while the worker was still busy
+    gate.touch()
     thread.join(30)
+    assert held["r"].request.set_headers["X-Worker-Pid"] == str(pid)  # it was served
 
 
-def test_auth_hook_timeout_fails_closed(start_server):
+def test_auth_hook_timeout_fails_closed(start_server, gate):
     server = start_server("--workers", "1", "--hook-timeout-for", "auth=0.5")
-    reply = server.dispatch("Sleep", hook_type="auth", headers={"Sleep": "30"})
+    reply = server.dispatch("Gate", hook_type="auth", headers={"Gate": str(gate)})
     assert reply.request.return_overrides.response_code == 504
     assert not reply.HasField("session") or "token" not in reply.session.metadata
 
@@ -121,13 +130,13 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def test_worker_stuck_on_a_call_the_client_abandoned_is_still_replaced(start_server):
+def test_worker_stuck_on_a_call_the_client_abandoned_is_still_replaced(start_server, gate):
     server = start_server("--workers", "1", "--hook-timeout", "1.5")
     (stuck,) = server.worker_pids()
-    payload = make_object("Sleep", headers={"Sleep": "60"}).SerializeToString()
+    payload = make_object("Gate", headers={"Gate": str(gate)}).SerializeToString()
     method = server.channel.unary_unary("/coprocess.Dispatcher/Dispatch")
     future = method.future(payload)  # no deadline, like the gateway
-    wait_for(lambda: "running Sleep" in " ".join(_cmdline(stuck)), what="worker busy")
+    wait_for(lambda: "running Gate" in " ".join(_cmdline(stuck)), what="worker busy")
     future.cancel()  # the gateway's client went away
     with pytest.raises(grpc.FutureCancelledError):
         future.result()
@@ -183,7 +192,7 @@ def test_a_front_crash_keeps_the_sockets_listening(start_server, workdir, which)
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(server.socket if which == "grpc" else raw_path)  # not refused
         if which == "grpc":  # and a gateway's call made now is served by the next front
-            future = channel.unary_unary("/coprocess.Dispatcher/Dispatch").future(
+            future = channel.unary_unary("/coprocess.Dispatcher/Dispatch", None, None).future(
                 payload, timeout=30
             )
         else:

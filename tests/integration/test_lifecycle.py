@@ -15,6 +15,8 @@ import grpc
 import psutil
 import pytest
 
+from tykworker._proto import coprocess_object_pb2 as object_pb2
+
 from .conftest import FRONT, Server, busy_with, session_processes, wait_for
 
 pytestmark = pytest.mark.integration
@@ -172,7 +174,7 @@ def test_reload_with_broken_plugin_keeps_old_generation(start_server, workdir):
 
 def test_sigterm_drains_in_flight_calls_and_removes_socket(start_server, gate):
     server = start_server("--workers", "1")
-    result = {}
+    result: dict[str, object_pb2.Object] = {}
     thread = threading.Thread(
         target=lambda: result.setdefault("r", server.dispatch("Gate", headers={"Gate": str(gate)}))
     )
@@ -289,20 +291,22 @@ def test_reload_command_reports_success_and_failure(start_server, workdir):
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "3"
 
 
-def test_sigint_stops_fast(start_server):
-    server = start_server("--workers", "1")
+def test_sigint_stops_fast(start_server, gate):
+    # Neither the hook's deadline nor a graceful stop would end the held call before the
+    # bounds below: only a fast stop does.
+    server = start_server("--workers", "1", "--hook-timeout", "600", "--graceful-timeout", "600")
     outcome: list[object] = []
 
-    def call() -> None:
+    def call() -> None:  # held on a gate never opened: only a fast stop ends it
         try:
-            outcome.append(server.dispatch("Sleep", headers={"Sleep": "60"}))
+            outcome.append(server.dispatch("Gate", headers={"Gate": str(gate)}))
         except grpc.RpcError as exc:
             outcome.append(exc.code())
 
     thread = threading.Thread(target=call)
     thread.start()
     (pid,) = server.worker_pids()
-    wait_for(lambda: "running Sleep" in Path(f"/proc/{pid}/cmdline").read_text(), what="busy")
+    wait_for(lambda: busy_with(server, "Gate") == {pid}, what="busy")
     server.signal(signal.SIGINT)
     assert server.proc.wait(20) is not None
     thread.join(20)
@@ -341,7 +345,7 @@ def test_only_workers_import_plugin_code(start_server, workdir):
     assert len(importers) == 4  # two generations of two workers, nothing else
 
 
-def test_sighup_applies_new_deadlines_and_fail_open_to_the_front(start_server, workdir):
+def test_sighup_applies_new_deadlines_and_fail_open_to_the_front(start_server, workdir, gate):
     config = workdir / "tykworker.toml"
     config.write_text("hook_timeout = 30\n")
     server = start_server("--workers", "1", "--config", str(config))
@@ -351,14 +355,15 @@ def test_sighup_applies_new_deadlines_and_fail_open_to_the_front(start_server, w
     server.wait_notify("READY=1")
     wait_for(lambda: "applied new live settings" in server.log(), what="front applied")
     assert "max_message_mb changed; a restart applies them" in server.log()
-    timed_out = server.dispatch("Sleep", headers={"Sleep": "20"})
+    never = {"Gate": str(gate)}  # the gate is never opened: each call outlives its deadline
+    timed_out = server.dispatch("Gate", headers=never)
     assert timed_out.request.return_overrides.response_code == 504
     wait_for(lambda: len(server.worker_pids()) == 1, what="stuck worker replaced")
-    opened = server.dispatch("Sleep", hook_type="post", headers={"Sleep": "20"})
+    opened = server.dispatch("Gate", hook_type="post", headers=never)
     assert opened.request.return_overrides.response_code == -1  # fail open: echoed
 
 
-def test_sighup_with_invalid_config_keeps_everything(start_server, workdir):
+def test_sighup_with_invalid_config_keeps_everything(start_server, workdir, gate):
     config = workdir / "tykworker.toml"
     config.write_text("hook_timeout = 0.5\n")
     server = start_server("--workers", "1", "--config", str(config))
@@ -366,7 +371,7 @@ def test_sighup_with_invalid_config_keeps_everything(start_server, workdir):
     server.signal(signal.SIGHUP)
     server.wait_notify("READY=1")
     assert "invalid configuration, keeping the current one" in server.log()
-    reply = server.dispatch("Sleep", headers={"Sleep": "20"})
+    reply = server.dispatch("Gate", headers={"Gate": str(gate)})  # never opened
     assert reply.request.return_overrides.response_code == 504  # still the 0.5 s deadline
 
 

@@ -74,12 +74,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def check(server: Server, service: str = "") -> bytes | grpc.StatusCode:
     """Health Check: the encoded response, or the gRPC error code."""
-    method = server.channel.unary_unary("/grpc.health.v1.Health/Check")
+    method = server.channel.unary_unary("/grpc.health.v1.Health/Check", None, None)
     raw = service.encode()
     try:
         return method(b"\x0a" + bytes([len(raw)]) + raw if raw else b"", timeout=10)  # type: ignore[no-any-return]
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
+        return exc.code()
 
 
 class Watch:
@@ -89,7 +89,8 @@ class Watch:
         self.seen: list[bytes] = []
         self.ended: grpc.StatusCode | None = None
         self.done = threading.Event()
-        self.stream = server.channel.unary_stream("/grpc.health.v1.Health/Watch")(b"", timeout=120)
+        watch = server.channel.unary_stream("/grpc.health.v1.Health/Watch", None, None)
+        self.stream = watch(b"", timeout=120)
         self.thread = threading.Thread(target=self._read)
         self.thread.start()
 
@@ -186,7 +187,7 @@ def test_call_exits_non_zero_on_grpc_errors(workdir):
 
 
 # --- metrics ------------------------------------------------------------------------
-def test_metrics_count_calls_answers_and_restarts_across_worker_churn(start_server, workdir):
+def test_metrics_count_calls_answers_and_restarts_across_worker_churn(start_server, workdir, gate):
     path = workdir / "metrics.sock"
     server = start_server(
         "--workers", "2", "--metrics", str(path), "--hook-timeout-for", "post=0.5"
@@ -206,7 +207,7 @@ def test_metrics_count_calls_answers_and_restarts_across_worker_churn(start_serv
         server.dispatch("Raise")
     server.dispatch("NoSuchHook")
     before = scrape_unix(path)
-    server.dispatch("Sleep", hook_type="post", headers={"Sleep": "30"})  # timeout: killed
+    server.dispatch("Gate", hook_type="post", headers={"Gate": str(gate)})  # never opened: timeout
     server.dispatch("Exit")  # crash
     after = wait_for(
         lambda: (
@@ -222,7 +223,7 @@ def test_metrics_count_calls_answers_and_restarts_across_worker_churn(start_serv
     answers = "tykworker_answers_total"
     assert value(after, answers, hook="Raise", type="pre", reason="hook_error") == 2
     assert value(after, answers, hook="NoSuchHook", type="pre", reason="no_hook") == 1
-    assert value(after, answers, hook="Sleep", type="post", reason="timeout") == 1
+    assert value(after, answers, hook="Gate", type="post", reason="timeout") == 1
     assert value(after, answers, hook="Exit", type="pre", reason="crash") == 1
     assert value(after, "tykworker_queue_wait_seconds_count") == 10
     assert value(after, "tykworker_generation") == 1
@@ -252,17 +253,9 @@ def test_metrics_over_tcp_and_a_bad_path(start_server):
 
 
 # --- status -------------------------------------------------------------------------
-def test_status_under_load_and_after_a_worker_kill(start_server):
+def test_status_under_load_and_after_a_worker_kill(start_server, gate):
     server = start_server("--workers", "2")
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            server.dispatch("Sleep", headers={"Sleep": "1.5"})
-
-    threads = [threading.Thread(target=load) for _ in range(2)]
-    for t in threads:
-        t.start()
+    calls = [in_thread(lambda: server.dispatch("Gate", headers={"Gate": str(gate)})) for _ in "ab"]
     try:
 
         def both_busy() -> list[dict[str, Any]] | None:
@@ -270,51 +263,65 @@ def test_status_under_load_and_after_a_worker_kill(start_server):
             return busy if len(busy) == 2 else None
 
         busy = wait_for(both_busy, what="both workers busy")
-        assert {w["hook"] for w in busy} == {"Sleep"} and all(w["call_id"] for w in busy)
+        assert {w["hook"] for w in busy} == {"Gate"} and all(w["call_id"] for w in busy)
         text = cli(server, "status").stdout
-        assert "busy" in text and "Sleep for" in text
-        victim = busy[0]["pid"]
+        assert "busy" in text and "Gate for" in text
+        victim, survivor = busy[0]["pid"], busy[1]["pid"]
         os.kill(victim, signal.SIGKILL)
         doc = wait_for(
             lambda: (
                 (d := status(server))
                 and victim not in {w["pid"] for w in d["workers"]}
                 and len(d["workers"]) == 2
-                and d["server"]["restarts"] >= 1
+                and d["server"]["restarts"] == 1
                 and not d["server"]["degraded"]  # until the new worker has imported
                 and d
             ),
             what="victim replaced",
         )
-        assert doc["server"]["crashes"] >= 1  # the call it held got the crash answer
+        assert doc["server"]["crashes"] == 1  # the call it held got the crash answer
+        still = [w for w in doc["workers"] if w["pid"] == survivor]
+        assert [w["state"] for w in still] == ["busy"]  # the other call is still held
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
+        gate.touch()
+        for thread, _ in calls:
+            thread.join(30)
+    replies = [result["r"].request for _, result in calls]
+    assert sorted(r.return_overrides.response_code for r in replies) == [-1, 502]
+    assert [r.set_headers["X-Worker-Pid"] for r in replies if "X-Worker-Pid" in r.set_headers] == [
+        str(survivor)
+    ]  # the survivor served its call once the gate opened
 
 
 # --- logs ---------------------------------------------------------------------------
-def test_slow_call_log_names_the_call_and_shows_the_stack(start_server):
+def test_slow_call_log_names_the_call_and_shows_the_stack(start_server, gate):
     server = start_server(
         "--workers", "1", "--slow-call-threshold", "0.3", "--log-format", "json"
     )  # fmt: skip
     (pid,) = server.worker_pids()
-    reply = server.dispatch("Sleep", headers={"Sleep": "1"})
-    assert reply.request.set_headers["X-Worker-Pid"] == str(pid)  # answered, not killed
+
+    def slow_records() -> list[dict[str, Any]]:
+        return [r for r in json_lines(server) if r["logger"] == "tykworker.slow"]
+
+    thread, result = in_thread(lambda: server.dispatch("Gate", headers={"Gate": str(gate)}))
+    wait_for(slow_records, what="slow call record")  # logged while the call still runs
+    gate.touch()
+    thread.join(30)
+    assert result["r"].request.set_headers["X-Worker-Pid"] == str(pid)  # answered, not killed
     server.dispatch("Echo")  # fast: no slow record
-    (record,) = [r for r in json_lines(server) if r["logger"] == "tykworker.slow"]
-    assert (record["hook"], record["api_id"]) == ("Sleep", "api1")
+    (record,) = slow_records()
+    assert (record["hook"], record["api_id"]) == ("Gate", "api1")
     assert (record["worker_pid"], record["generation"]) == (pid, 1)
     assert isinstance(record["call_id"], int) and record["elapsed"] >= 0.3
-    assert "in Sleep" in record["msg"] and "time.sleep" in record["msg"]
+    assert "in Gate" in record["msg"] and "time.sleep" in record["msg"]
     assert server.worker_pids() == {pid}
 
 
-def test_call_path_lines_carry_call_id_hook_api_pid_and_generation(start_server):
+def test_call_path_lines_carry_call_id_hook_api_pid_and_generation(start_server, gate):
     server = start_server("--workers", "1", "--log-format", "json", "--hook-timeout", "1")
     (pid,) = server.worker_pids()
     server.dispatch("Raise", spec={"APIID": "my-api", "OrgID": "o", "bundle_hash": ""})
-    server.dispatch("Sleep", headers={"Sleep": "30"})  # timeout, answered by the front
+    server.dispatch("Gate", headers={"Gate": str(gate)})  # never opened: the front times out
     records = wait_for(
         lambda: (r := json_lines(server)) and any(x.get("reason") == "timeout" for x in r) and r
     )
@@ -322,7 +329,7 @@ def test_call_path_lines_carry_call_id_hook_api_pid_and_generation(start_server)
     assert (failed["hook"], failed["api_id"]) == ("Raise", "my-api")
     assert (failed["worker_pid"], failed["generation"]) == (pid, 1)
     (timeout,) = [r for r in records if r.get("reason") == "timeout"]
-    assert timeout["hook"] == "Sleep" and timeout["call_id"] == failed["call_id"] + 1
+    assert timeout["hook"] == "Gate" and timeout["call_id"] == failed["call_id"] + 1
     assert (timeout["worker_pid"], timeout["generation"]) == (pid, 1)
 
 
@@ -337,18 +344,18 @@ while _gate and not os.path.exists(_gate):
 '''
 
 
-def test_health_through_start_reload_and_drain(start_server, workdir):
+def test_health_through_start_reload_and_drain(start_server, workdir, gate):
     shutil.copytree(PLUGINS, workdir / "middleware")
     (workdir / "middleware" / "gate.py").write_text(GATE)
-    gate = workdir / "gate"
-    server = start_server("--workers", "2", ready=False, env={"TW_TEST_GATE": str(gate)})
+    imports = workdir / "imports-gate"
+    server = start_server("--workers", "2", ready=False, env={"TW_TEST_GATE": str(imports)})
     wait_for(lambda: os.path.exists(server.socket), what="socket")
     assert check(server) == NOT_SERVING  # workers still importing
     assert check(server, "coprocess.Dispatcher") == NOT_SERVING
     assert check(server, "other") == grpc.StatusCode.NOT_FOUND
     watch = Watch(server)
     wait_for(lambda: watch.seen, what="first Watch message")
-    gate.touch()
+    imports.touch()
     server.wait_ready()
     wait_for(lambda: check(server) == SERVING, what="SERVING")
     wait_for(lambda: watch.seen[-1:] == [SERVING], what="Watch SERVING")
@@ -362,12 +369,14 @@ def test_health_through_start_reload_and_drain(start_server, workdir):
     assert check(server) == SERVING
     assert NOT_SERVING not in watch.seen[1:]  # SERVING all through the reload
 
-    thread, result = in_thread(lambda: server.dispatch("Sleep", headers={"Sleep": "1"}))
+    thread, result = in_thread(lambda: server.dispatch("Gate", headers={"Gate": str(gate)}))
     wait_for(lambda: any(w["state"] == "busy" for w in status(server)["workers"]), what="busy")
     server.signal(signal.SIGTERM)
     assert watch.done.wait(30) and watch.ended == grpc.StatusCode.OK
     assert watch.seen[-1] == NOT_SERVING  # told, then the stream ended
     assert check(server) in (NOT_SERVING, grpc.StatusCode.UNAVAILABLE)
+    assert "r" not in result and server.proc.poll() is None  # the held call holds the stop
+    gate.touch()
     thread.join(30)
     assert result["r"].request.return_overrides.response_code == -1  # drained, not failed
     assert server.proc.wait(30) == 0

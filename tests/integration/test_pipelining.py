@@ -76,7 +76,7 @@ def test_calls_sent_ahead_to_a_hung_worker_are_routed_again(start_server, gate: 
             answer = object_pb2.Object.FromString(hung.result(timeout=30))
             assert answer.request.return_overrides.response_code == 504
         except grpc.RpcError as err:
-            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         gate.touch()
         held.result(timeout=30)
         replies = [f.result(timeout=30) for f in ahead]

@@ -129,13 +129,13 @@ class Load:
         return call_id, make_object("Chaos", headers=headers).SerializeToString()
 
     def _grpc(self) -> None:
-        method = self.server.channel.unary_unary("/coprocess.Dispatcher/Dispatch")
+        method = self.server.channel.unary_unary("/coprocess.Dispatcher/Dispatch", None, None)
         while not self.stop.is_set():
             call_id, payload = self._next()
             try:
                 reply = method(payload, timeout=CLIENT_TIMEOUT, wait_for_ready=False)
             except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
+                code = exc.code()
                 with self.tally.lock:
                     if code == grpc.StatusCode.UNAVAILABLE and self.refusing:
                         self.tally.refused += 1
@@ -484,11 +484,11 @@ def test_bad_grpc_input_gets_clear_answers_and_nothing_dies(start_server):
     method = server.channel.unary_unary("/coprocess.Dispatcher/Dispatch")
     with pytest.raises(grpc.RpcError) as info:
         method(echo, timeout=10, metadata=[(f"x-m-{i}", "v") for i in range(10_000)])
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # Over --max-message-mb: RESOURCE_EXHAUSTED, nothing reaches a worker.
     with pytest.raises(grpc.RpcError) as info:
         server.dispatch_raw(make_object("Echo", body=b"x" * (1024 * 1024 + 1)).SerializeToString())
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # Everything above was answered by the workers we started with: none died.
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"
     assert server.worker_pids() == workers
@@ -542,7 +542,7 @@ def _exchange(path: str, pieces: list[bytes]) -> list[tuple[int, int, bytes]]:
                 sock.sendall(piece)
             sock.shutdown(socket.SHUT_WR)
         decoder = FrameDecoder()
-        frames = []
+        frames: list[tuple[int, int, bytes]] = []
         while True:
             try:
                 data = sock.recv(1 << 16)

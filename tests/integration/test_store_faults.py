@@ -22,7 +22,7 @@ def store_path(server: Server) -> Path:
     return server.workdir / ".tyk.sock.tykworker" / "coprocess-data.sqlite3"
 
 
-def assert_hook_answered(reply, pid: str | None = None) -> None:  # type: ignore[no-untyped-def]
+def assert_hook_answered(reply, pid: str | None = None) -> None:
     """The hook's own reply, not an answer tykworker made for it (timeout, crash)."""
     assert reply.request.return_overrides.response_code in (0, -1)
     assert "X-Tykworker-Error" not in reply.request.return_overrides.headers

@@ -82,7 +82,8 @@ def test_grpc_go_client(front, start_server, workdir, interop_client):
             (x for x in server.log().splitlines() if "answered by tykworker: timeout" in x), None
         )
     )
-    assert float(re.search(r"elapsed=([0-9.]+)", line).group(1)) < 2.0, line
+    elapsed = re.search(r"elapsed=([0-9.]+)", line)
+    assert elapsed is not None and float(elapsed.group(1)) < 2.0, line
 
     assert server.proc.poll() is None
     assert server.dispatch("Echo").request.set_headers["X-Version"] == "1"

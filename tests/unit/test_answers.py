@@ -13,69 +13,46 @@ import pytest
 from tykworker._proto import coprocess_common_pb2 as common_pb2
 from tykworker._proto import coprocess_mini_request_object_pb2 as request_pb2
 from tykworker._proto import coprocess_object_pb2 as object_pb2
-from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker._proto import coprocess_return_overrides_pb2 as overrides_pb2
-from tykworker._proto import coprocess_session_state_pb2 as session_pb2
+from tykworker.cli import objects
 from tykworker.wire.answers import (
     ANSWER_HEADER,
     RESPONSE_HOOK,
-    Reason,
     event_answer,
     event_reply,
     failure_reply,
     override_fragment,
 )
 from tykworker.wire.frames import peek_object_header
+from tykworker.wire.reasons import Reason
 
 REQUEST_HOOKS = [common_pb2.Pre, common_pb2.Post, common_pb2.PostKeyAuth, common_pb2.CustomKeyCheck]
 ALL_HOOKS = [*REQUEST_HOOKS, common_pb2.Response]
 
 
-def gateway_object(hook_type: common_pb2.HookType) -> object_pb2.Object:
-    """An Object shaped like the gateway's for ``hook_type`` (``CoProcessor.BuildObject``,
-    gateway/coprocess.go)."""
-    obj = object_pb2.Object(
-        hook_type=hook_type,
-        hook_name="MyHook",
-        request=request_pb2.MiniRequestObject(
-            headers={"Content-Type": "text/plain", "Authorization": "secret"},
-            body="hello",
-            raw_body=b"hello\x00\xff binary",
-            url="/listen/path?q=1",
-            params={"q": "1"},
-            method="PUT",
-            request_uri="/listen/path?q=1",
-            scheme="https",
-            return_overrides=overrides_pb2.ReturnOverrides(response_code=-1),
-        ),
-        spec={"OrgID": "org1", "APIID": "api1", "bundle_hash": "d41d8cd98f00b204e9800998ecf8427e"},
+#: The upstream answer Response hooks get: a body longer than any error body (a failure
+#: answer must replace it, not write over its start) and a header with two values.
+UPSTREAM = {
+    "status": 200,
+    "headers": {"Content-Type": "text/html", "X-Upstream": "1", "Set-Cookie": ["a=1", "b=2"]},
+    "body": b'{"upstream": "a body much longer than the error body"}',
+}
+
+
+def gateway_object(hook_type: int) -> object_pb2.Object:
+    """What the gateway sends to hook ``MyHook`` of ``hook_type`` (``objects.gateway_object``):
+    a secret header and a binary body, which answers must hand back unchanged, and a session
+    where the gateway sends one."""
+    return objects.gateway_object(
+        hook_type,
+        "MyHook",
+        headers={"Content-Type": "text/plain", "Authorization": "secret"},
+        method="PUT",
+        url="/listen/path?q=1",
+        body=b"hello\x00\xff binary",
+        session=objects.authenticated_session() if hook_type in objects.SESSION_HOOKS else None,
+        response=UPSTREAM,
     )
-    if hook_type in (common_pb2.Post, common_pb2.PostKeyAuth, common_pb2.Response):
-        obj.session.CopyFrom(
-            session_pb2.SessionState(
-                rate=100,
-                per=60,
-                quota_max=-1,
-                org_id="org1",
-                metadata={"token": "abc", "user": "u1"},
-                tags=["t1"],
-            )
-        )
-        obj.metadata.update({"token": "abc", "user": "u1"})
-    if hook_type == common_pb2.Response:
-        obj.response.CopyFrom(
-            response_pb2.ResponseObject(
-                status_code=200,
-                raw_body=b'{"upstream": "a body much longer than the error body"}',
-                body='{"upstream": "a body much longer than the error body"}',
-                headers={"Content-Type": "text/html", "X-Upstream": "1"},
-                multivalue_headers=[
-                    response_pb2.Header(key="Content-Type", values=["text/html"]),
-                    response_pb2.Header(key="Set-Cookie", values=["a=1", "b=2"]),
-                ],
-            )
-        )
-    return obj
 
 
 def decode(data: bytes) -> object_pb2.Object:
@@ -213,6 +190,8 @@ def test_reason_table(reason: Reason, status: int, message: str, code: str) -> N
 
 def test_override_fragment_with_custom_values() -> None:
     fragment = decode(override_fragment(common_pb2.Post, 429, 'Too "many"', "limit"))
+    # Built here field by field, not with gateway_object: a fragment is not a gateway
+    # Object but the few fields merged over one, and must hold exactly these.
     assert fragment == object_pb2.Object(
         request=request_pb2.MiniRequestObject(
             return_overrides=overrides_pb2.ReturnOverrides(

@@ -177,7 +177,7 @@ def test_empty_auth_hook_name_is_refused_with_403_never_guessed(runtime: Runtime
 
 def test_unknown_named_auth_hook_fails_closed(runtime: Runtime) -> None:
     sent = gateway_object(AUTH, "NoSuchAuthHook")
-    assert_error_answer(call(runtime, sent), sent, answers.Reason.NO_HOOK)
+    assert_error_answer(call(runtime, sent), sent, Reason.NO_HOOK)
 
 
 def test_empty_hook_name_for_non_auth_hook_is_not_found(runtime: Runtime) -> None:

@@ -63,11 +63,11 @@ def garbage_headers(draw: st.DrawFn) -> bytes:
     return struct.pack(">2sBBIQ", magic, version, kind, draw(st.integers(0, LIMIT)), 0)
 
 
-def _cuts(data: bytes, draw: st.DrawFn) -> list[bytes]:
-    """``data`` split at arbitrary points (sometimes byte by byte)."""
-    if len(data) < 64 and draw(st.booleans()):
+def _cuts(data: bytes, drawn: st.DataObject) -> list[bytes]:
+    """``data`` split at points ``drawn`` chooses (sometimes byte by byte)."""
+    if len(data) < 64 and drawn.draw(st.booleans()):
         return [data[i : i + 1] for i in range(len(data))]
-    points = sorted(draw(st.sets(st.integers(0, len(data)), max_size=8)))
+    points = sorted(drawn.draw(st.sets(st.integers(0, len(data)), max_size=8)))
     edges = [0, *points, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(edges)]
 
@@ -94,7 +94,7 @@ def test_valid_frames_then_a_truncated_one_wait_for_more(good: list[Frame], data
     tail = encode_frame(FrameKind.DISPATCH, 7, b"x" * 40)
     cut = data.draw(st.integers(1, len(tail) - 1))
     decoder = FrameDecoder(LIMIT)
-    out, error = _decode(_cuts(_stream(good) + tail[:cut], data.draw), decoder)
+    out, error = _decode(_cuts(_stream(good) + tail[:cut], data), decoder)
     assert error is None and out == good
     assert decoder.next_frame() is None and decoder.buffered == cut
     decoder.feed(tail[cut:])  # the rest arrives: the frame completes
@@ -108,7 +108,7 @@ def test_oversized_length_is_refused_on_its_header_alone(
 ):
     header = struct.pack(">2sBBIQ", MAGIC, VERSION, 1, LIMIT + excess, 1)
     decoder = FrameDecoder(LIMIT)
-    out, error = _decode(_cuts(_stream(good) + header, data.draw), decoder)
+    out, error = _decode(_cuts(_stream(good) + header, data), decoder)
     assert out == good
     assert isinstance(error, ProtocolError) and "exceeds the limit" in str(error)
     assert decoder.in_error
@@ -120,7 +120,7 @@ def test_garbage_after_valid_frames_is_an_error_forever(
     good: list[Frame], bad: bytes, trailer: bytes, data: st.DataObject
 ):
     decoder = FrameDecoder(LIMIT)
-    out, error = _decode(_cuts(_stream(good) + bad + trailer, data.draw), decoder)
+    out, error = _decode(_cuts(_stream(good) + bad + trailer, data), decoder)
     assert out == good
     assert isinstance(error, ProtocolError)
     for call in (lambda: decoder.feed(b"TW"), decoder.next_frame):
@@ -132,7 +132,7 @@ def test_garbage_after_valid_frames_is_an_error_forever(
 @given(noise=st.binary(max_size=512), data=st.data())
 def test_arbitrary_bytes_only_ever_raise_protocol_error(noise: bytes, data: st.DataObject):
     decoder = FrameDecoder(LIMIT)
-    out, error = _decode(_cuts(noise, data.draw), decoder)
+    out, error = _decode(_cuts(noise, data), decoder)
     assert error is None or decoder.in_error
     consumed = sum(HEADER_SIZE + len(f.payload) for f in out)
     assert consumed <= len(noise)

@@ -77,7 +77,7 @@ def test_watch_sends_changes_and_ends_on_close():
         seen: list[bytes] = []
 
         async def watch() -> None:
-            async for message in health.watch(_request(""), _Context()):  # type: ignore[arg-type]
+            async for message in health.watch(_request(""), _Context()):
                 seen.append(message)
 
         task = asyncio.create_task(watch())
@@ -97,7 +97,7 @@ def test_watch_sends_changes_and_ends_on_close():
 def test_watch_of_an_unknown_service():
     async def scenario() -> list[bytes]:
         health = Health(lambda: True)
-        stream = health.watch(_request("nope"), _Context())  # type: ignore[arg-type]
+        stream = health.watch(_request("nope"), _Context())
         first = await anext(stream)
         health.close()
         return [first, *[m async for m in stream]]

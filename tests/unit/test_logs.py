@@ -75,7 +75,7 @@ def captured() -> Iterator[list[logging.LogRecord]]:
         logs.slow_log.removeHandler(handler)
 
 
-def test_slow_call_is_reported_once_past_the_threshold(captured):
+def test_slow_call_is_reported_once_past_the_threshold(captured: list[logging.LogRecord]):
     call = ActiveCall()
     watch = SlowCallLog(0.5, call)  # this thread's stack is sampled
     assert watch.check(100.0) == 0.5  # idle: sleep one threshold
@@ -99,7 +99,7 @@ def test_idle_sleep_has_a_floor():
     assert SlowCallLog(0.001, ActiveCall()).check(0.0) == pytest.approx(0.05)
 
 
-def test_the_thread_samples_another_thread(captured):
+def test_the_thread_samples_another_thread(captured: list[logging.LogRecord]):
     call = ActiveCall()
     release = threading.Event()
     worker = threading.Thread(target=release.wait)

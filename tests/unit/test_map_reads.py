@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from google.protobuf.descriptor import Descriptor
@@ -15,10 +15,13 @@ from tykworker.cli.objects import AUTH, RESPONSE, authenticated_session, gateway
 from tykworker.config import Settings
 from tykworker.worker.plugins import load_runtime
 
+if TYPE_CHECKING:  # what the stubs type Message.DESCRIPTOR as, beside Descriptor
+    from google._upb._message import Descriptor as UpbDescriptor
+
 DOC = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
 
 
-def map_paths(descriptor: Descriptor, prefix: str = "") -> list[str]:
+def map_paths(descriptor: Descriptor | UpbDescriptor, prefix: str = "") -> list[str]:
     """Every map field reachable from ``descriptor``, as ``a.b.c`` paths."""
     out = []
     for field in descriptor.fields:

@@ -28,12 +28,15 @@ def _snapshot(**kw: object) -> Snapshot:
     return Snapshot(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def _scrape(stats: CallStats, snap: Snapshot | None = None) -> dict[str, dict[tuple, float]]:
+Labels = tuple[tuple[str, str], ...]  # a sample's labels, sorted
+
+
+def _scrape(stats: CallStats, snap: Snapshot | None = None) -> dict[str, dict[Labels, float]]:
     """name -> {sorted label items: value}, parsed with prometheus_client's own parser."""
     registry = metrics.make_registry(FrontCollector(stats, lambda: snap or _snapshot()))
     body, content_type = metrics.render(registry, "")
     assert content_type.startswith("text/plain")
-    out: dict[str, dict[tuple, float]] = {}
+    out: dict[str, dict[Labels, float]] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
             out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value

@@ -77,6 +77,7 @@ def test_quick_start_names_the_auth_samples_valid_key():
         if isinstance(node, ast.Assign)
         and any(isinstance(t, ast.Name) and t.id == "VALID_KEY" for t in node.targets)
         and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
     )
     assert f"`Authorization: {key}`" in _section("Quick start")
     assert f"--header 'Authorization: {key}'" in _section("Quick start")

@@ -170,8 +170,9 @@ def test_hook(tyk_hooks):
 """
 
 
-def _run_pytest(folder: Path, *args: str, env: dict[str, str] | None = None):
-    environ = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{env or ''}".rstrip(os.pathsep)}
+def _run_pytest(folder: Path, *args: str, path: str = ""):
+    """pytest in ``folder``, importing this checkout (and ``path``, if given)."""
+    environ = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}".rstrip(os.pathsep)}
     environ.pop("PYTEST_ADDOPTS", None)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
@@ -227,7 +228,7 @@ def test_entry_point_and_explicit_plugin_register_once(tmp_path: Path):
     )
     (project / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
     for extra in ((), ("-p", "tykworker.testing.pytest_plugin")):
-        run = _run_pytest(project, *extra, "--trace-config", env=str(site))
+        run = _run_pytest(project, *extra, "--trace-config", path=str(site))
         output = run.stdout + run.stderr
         assert run.returncode == 0, output
         assert output.count("tykworker/testing/pytest_plugin.py") == 1, output
