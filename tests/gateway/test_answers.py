@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -31,6 +32,12 @@ def failing(stack):
             custom_middleware={"driver": "grpc", "pre": [{"name": "GwCrash"}]},
         ),
         api(
+            "gate",
+            "/gate/",
+            target,
+            custom_middleware={"driver": "grpc", "pre": [{"name": "GwGate"}]},
+        ),
+        api(
             "plain",
             "/plain/",
             target,
@@ -52,6 +59,33 @@ def test_crash_is_502(failing):
     assert answer.status == 502
     assert json.loads(answer.body) == {"error": "Plugin crashed"}
     assert answer.headers.get("X-Tykworker-Error") == "crash"
+
+
+def test_overload_is_503(failing):
+    """Both workers held and no queue: the next call gets tykworker's overload answer, as
+    the gateway renders it; the held calls are served once released."""
+    from tests.integration.conftest import busy_with, wait_for
+
+    gate = failing.folder / "gate-open"
+    held_args = list(failing.server_args)
+    failing.server_args += ["--queue-size", "0"]
+    failing.restart_server()
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            held = [
+                pool.submit(failing.get, "/gate/x", headers={"X-Gate": str(gate)})
+                for _ in range(2)
+            ]
+            wait_for(lambda: len(busy_with(failing.server, "GwGate")) == 2, what="both held")
+            answer = failing.get("/plain/x")
+            gate.touch()
+            assert [f.result(timeout=30).status for f in held] == [200, 200]
+        assert answer.status == 503
+        assert json.loads(answer.body) == {"error": "Plugin overloaded"}
+        assert answer.headers.get("X-Tykworker-Error") == "overload"
+    finally:
+        failing.server_args = held_args
+        failing.restart_server()
 
 
 def test_gateway_reconnects_after_a_tykworker_restart(failing):

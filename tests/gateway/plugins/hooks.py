@@ -86,5 +86,13 @@ def GwSleep(request, session, spec):
 
 
 @Hook
+def GwGate(request, session, spec):
+    """Holds its worker until the file named by ``X-Gate`` exists (the test opens it)."""
+    while not os.path.exists(request.get_header("X-Gate")):
+        time.sleep(0.005)
+    return request, session
+
+
+@Hook
 def GwCrash(request, session, spec):
     os._exit(3)
