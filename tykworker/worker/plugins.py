@@ -40,6 +40,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import re
 import traceback
 from collections.abc import Iterable
@@ -243,6 +244,15 @@ def bundle_keys(name: str) -> tuple[str, ...]:
     return tuple(hashlib.md5(n.encode()).hexdigest() for n in (name, name + ".zip"))
 
 
+def _is_bundle(path: Path) -> bool:
+    """A folder holding a bundle (its manifest, or the parts of a merged one). A folder
+    this process may not read counts as one, so that its calls get a clear error."""
+    try:
+        return path.is_dir() and ((path / "manifest.json").is_file() or bool(bundle_parts(path)))
+    except PermissionError:
+        return True
+
+
 class BundleSet:
     """The bundles directory: eager load at start, lazy load of bundles unpacked later."""
 
@@ -259,11 +269,7 @@ class BundleSet:
         if self.root is None:
             return
         direct = self.root / bundle_hash
-        if (
-            bundle_hash
-            and direct.is_dir()
-            and ((direct / "manifest.json").is_file() or bundle_parts(direct))
-        ):
+        if bundle_hash and _is_bundle(direct):
             self._paths[bundle_hash] = direct
             return
         try:
@@ -275,7 +281,7 @@ class BundleSet:
         self._mtime = mtime
         self._pending = False
         for path in sorted(self.root.iterdir()):
-            if (path / "manifest.json").is_file() or (path.is_dir() and bundle_parts(path)):
+            if _is_bundle(path):
                 for key in bundle_keys(path.name):
                     self._paths.setdefault(key, path)
             elif path.is_dir():
@@ -300,6 +306,12 @@ class BundleSet:
                 result: Registry | PluginLoadError = load_bundle(path)
             except PluginLoadError as exc:
                 result = exc
+            except OSError as exc:  # not ours to read: unpacked 0700 by another user
+                result = PluginLoadError(
+                    f"bundle {path}: cannot read it as uid {os.getuid()} ({exc.strerror}):"
+                    " the gateway unpacks bundles mode 0700 as its own user; run the workers"
+                    " as that user (--user)"
+                )
             for key in bundle_keys(path.name):
                 self._loaded[key] = result
         result = self._loaded[bundle_hash]
