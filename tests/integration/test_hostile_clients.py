@@ -451,6 +451,8 @@ def pipeline(sock: socket.socket, frame: bytes, most: int) -> tuple[int, int]:
         except BlockingIOError:
             _, writable, _ = select.select([], [sock], [], 3.0)
             if not writable:
+                if len(pending) == len(frame):  # not one byte of this frame went out
+                    calls -= 1
                 break
             continue
         sent += n
