@@ -126,9 +126,10 @@ class HeaderView:
 class Scoreboard:
     """A mapping of the scoreboard file. ``create`` truncates; ``open`` attaches."""
 
-    def __init__(self, path: Path, mm: mmap.mmap) -> None:
+    def __init__(self, path: Path, mm: mmap.mmap, origin: int = 0) -> None:
         self.path = path
         self._mm = mm
+        self._origin = origin  # the file offset where ``mm`` starts (0: the whole file)
 
     @classmethod
     def create(cls, path: Path) -> Scoreboard:
@@ -156,21 +157,22 @@ class Scoreboard:
         return cls(path, mm)
 
     @classmethod
-    def open_slot(cls, path: Path, index: int) -> OwnSlot:
-        """Map only the page of slot ``index`` (what a worker may write); the descriptor
-        is closed before this returns."""
+    def open_slot(cls, path: Path, index: int) -> Scoreboard:
+        """Map only the page of slot ``index`` (what a worker may write): the header and
+        every other slot are out of reach. The descriptor is closed before this returns."""
         fd = os.open(path, os.O_RDWR)
         try:
             mm = mmap.mmap(fd, PAGE, offset=slot_offset(index))
         finally:
             os.close(fd)
-        return OwnSlot(index, mm)
+        return cls(path, mm, origin=slot_offset(index))
 
     def close(self) -> None:
         self._mm.close()
 
     # --- header ---------------------------------------------------------------------
     def header(self) -> HeaderView:
+        self._require_header()
         values = list(_HEADER.unpack_from(self._mm, 0)[1:])
         values[5] = bool(values[5])
         return HeaderView(*values)
@@ -178,6 +180,7 @@ class Scoreboard:
     def write_header(self, **fields: int | float | bool) -> None:
         """Update named header fields in place, each alone (the caller respects the
         single-writer rule; fields owned by other processes are never rewritten)."""
+        self._require_header()
         self._mm[:8] = MAGIC
         for name, value in fields.items():
             fmt, offset = _HEADER_FIELDS[name]
@@ -203,24 +206,20 @@ class Scoreboard:
         rss: int = 0,
         hook: str = "",
     ) -> None:
-        _write_slot(
-            self._mm,
-            slot_offset(index),
-            pid,
-            generation,
-            state,
-            call_id,
-            started_at,
-            calls,
-            rss,
-            hook,
+        offset = self._local(index)
+        writing = (struct.unpack_from("<I", self._mm, offset)[0] + 1) | 1  # odd: mid-write
+        struct.pack_into("<I", self._mm, offset, writing)
+        name = hook.encode("utf-8", "replace")[:48]
+        _SLOT.pack_into(
+            self._mm, offset, writing, pid, generation, state, call_id, started_at, calls, rss, name
         )
+        struct.pack_into("<I", self._mm, offset, (writing + 1) & 0xFFFFFFFF)
 
     def clear_slot(self, index: int) -> None:
         self.write_slot(index, pid=0, generation=0, state=SlotState.FREE)
 
     def slot(self, index: int) -> SlotView:
-        offset = slot_offset(index)
+        offset = self._local(index)
         for _ in range(100):
             values = _SLOT.unpack_from(self._mm, offset)
             if values[0] & 1:
@@ -245,52 +244,16 @@ class Scoreboard:
         views = (self.slot(i) for i in range(MAX_SLOTS))
         return [v for v in views if v.state != SlotState.FREE]
 
+    def _local(self, index: int) -> int:
+        """Where slot ``index`` is in this mapping (ValueError if it is not mapped)."""
+        offset = slot_offset(index) - self._origin
+        self._require(offset)
+        return offset
 
-class OwnSlot:
-    """A worker's mapping of its own slot only (``Scoreboard.open_slot``)."""
+    def _require_header(self) -> None:
+        if self._origin:  # a worker's mapping of its own slot
+            raise ValueError(f"{self.path}: the header is not mapped here")
 
-    def __init__(self, index: int, mm: mmap.mmap) -> None:
-        self.index = index
-        self._mm = mm
-
-    def write_slot(
-        self,
-        index: int,
-        *,
-        pid: int,
-        generation: int,
-        state: SlotState,
-        call_id: int = 0,
-        started_at: float = 0.0,
-        calls: int = 0,
-        rss: int = 0,
-        hook: str = "",
-    ) -> None:
-        if index != self.index:
-            raise ValueError(f"slot {index} is not this worker's (slot {self.index})")
-        _write_slot(self._mm, 0, pid, generation, state, call_id, started_at, calls, rss, hook)
-
-    def close(self) -> None:
-        self._mm.close()
-
-
-def _write_slot(
-    mm: mmap.mmap,
-    offset: int,
-    pid: int,
-    generation: int,
-    state: SlotState,
-    call_id: int,
-    started_at: float,
-    calls: int,
-    rss: int,
-    hook: str,
-) -> None:
-    """The seqlock write of one slot record at ``offset`` of ``mm``."""
-    writing = (struct.unpack_from("<I", mm, offset)[0] + 1) | 1  # odd: mid-write
-    struct.pack_into("<I", mm, offset, writing)
-    name = hook.encode("utf-8", "replace")[:48]
-    _SLOT.pack_into(
-        mm, offset, writing, pid, generation, state, call_id, started_at, calls, rss, name
-    )
-    struct.pack_into("<I", mm, offset, (writing + 1) & 0xFFFFFFFF)
+    def _require(self, offset: int) -> None:
+        if not 0 <= offset < len(self._mm):
+            raise ValueError(f"{self.path}: offset {offset + self._origin} is not mapped here")
