@@ -96,8 +96,10 @@ def supervisor_problem(settings: Settings, pid: int) -> str | None:
 
 def _parent_of(pid: int) -> int | None:
     """The parent pid of ``pid`` (None if it is gone or not ours to see)."""
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        parent: int = psutil.Process(pid).ppid()
+    except (psutil.Error, ValueError):
         return None
+    return parent
