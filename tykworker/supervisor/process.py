@@ -510,7 +510,9 @@ class Supervisor:
         generation's settings, and tell systemd the reload is over."""
         if outcome.ready:
             self.reloads += 1
-            self.board.write_header(reloads=self.reloads)
+            # The generation first: ``tykworker reload`` waits for ``reloads`` to change,
+            # then prints the generation it reads.
+            self.board.write_header(generation=outcome.generation, reloads=self.reloads)
         else:
             log.error("reload failed: generation %d keeps serving", outcome.generation)
             self.reload_failures += 1
