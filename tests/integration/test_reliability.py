@@ -191,7 +191,7 @@ class Load:
                     outstanding.clear()
                     self.stop.set()  # and it reads no more: send nothing else
                     continue
-                status, carried = _status(frame.payload)
+                status, carried = _status(bytes(frame.payload))
                 if frame.call_id not in outstanding:
                     carried = "not outstanding"  # a reply nobody waits for: misrouted
                 outstanding.discard(frame.call_id)
@@ -552,7 +552,7 @@ def _exchange(path: str, pieces: list[bytes]) -> list[tuple[int, int, bytes]]:
                 return frames
             decoder.feed(data)
             while (frame := decoder.next_frame()) is not None:
-                frames.append((int(frame.kind), frame.call_id, frame.payload))
+                frames.append((int(frame.kind), frame.call_id, bytes(frame.payload)))
 
 
 def test_raw_socket_fuzz_every_frame_answered_server_keeps_serving(start_server, workdir):

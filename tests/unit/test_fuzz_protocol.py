@@ -172,3 +172,64 @@ def test_peek_on_damaged_objects_never_raises_and_agrees_with_protobuf(
     if any(wire in (3, 4) for wire in _top_level_wire_types(bytes(data))):
         return  # groups: legal protobuf, never sent by the gateway, peek gives up on them
     assert peeked == (parsed.hook_type, parsed.hook_name)
+
+
+def _decode_direct(
+    chunks: list[bytes], decoder: FrameDecoder, receive: bool
+) -> tuple[list[Frame], ProtocolError | None]:
+    """Like ``_decode``; with ``receive``, bytes go into ``direct_buffer`` whenever it offers
+    one (what the worker's ``recv_into`` does), the rest through ``feed``."""
+    out: list[Frame] = []
+    try:
+        for chunk in chunks:
+            while chunk:
+                target = decoder.direct_buffer() if receive else None
+                if target is None:
+                    decoder.feed(chunk)
+                    chunk = b""
+                else:
+                    n = min(len(target), len(chunk))
+                    target[:n] = chunk[:n]
+                    target.release()
+                    decoder.advance(n)
+                    chunk = chunk[n:]
+                while (frame := decoder.next_frame()) is not None:
+                    out.append(frame)
+    except ProtocolError as exc:
+        return out, exc
+    return out, None
+
+
+@settings(max_examples=300)
+@given(
+    good=frames,
+    direct_from=st.integers(1, LIMIT),
+    receive=st.booleans(),
+    data=st.data(),
+)
+def test_large_payloads_in_their_own_buffer_decode_the_same(
+    good: list[Frame], direct_from: int, receive: bool, data: st.DataObject
+):
+    """``direct_from`` changes where payloads are gathered, never what comes out: the
+    same frames for any chunking, mixing ``feed`` and ``direct_buffer``, and ``buffered``
+    still counts a partial frame's bytes."""
+    tail = encode_frame(FrameKind.DISPATCH, 7, b"x" * 40)
+    cut = data.draw(st.integers(1, len(tail) - 1))
+    decoder = FrameDecoder(LIMIT, direct_from=direct_from)
+    out, error = _decode_direct(_cuts(_stream(good) + tail[:cut], data), decoder, receive)
+    assert error is None and out == good
+    for frame in out:  # only a large payload that came in pieces has its own buffer
+        assert isinstance(frame.payload, bytes) or len(frame.payload) >= direct_from
+    assert decoder.next_frame() is None and decoder.buffered == cut
+    out, error = _decode_direct([tail[cut:]], decoder, receive)
+    assert error is None and out == [Frame(FrameKind.DISPATCH, 7, b"x" * 40)]
+    assert decoder.buffered == 0
+
+
+def test_without_direct_from_a_header_alone_allocates_nothing():
+    """The raw socket's decoder: a header announcing a large payload gets no buffer of that
+    size (only what the client sent is held)."""
+    decoder = FrameDecoder(64 * 1024 * 1024)
+    decoder.feed(encode_frame(FrameKind.DISPATCH, 1, b"")[:4] + struct.pack(">IQ", 60 << 20, 1))
+    assert decoder.next_frame() is None and decoder.direct_buffer() is None
+    assert decoder.buffered == HEADER_SIZE

@@ -61,8 +61,10 @@ def test_incomplete_requests_over_the_connection_bound_are_reset_enhance_your_ca
             b"".join(client.data(sid, head[pos : pos + 16 * KIB], end=False) for sid in sids)
         )
     frames = client.read()
-    reset = resets(frames)  # 4 x 200 KiB do not fit in 700 KiB: the stream that crossed
-    assert list(reset.values()) == [ErrorCode.ENHANCE_YOUR_CALM]
+    # A message is held at the length its prefix announces, from its first DATA frame: 4 x
+    # 256 KiB do not fit in 700 KiB, the two streams that would cross the bound are reset.
+    reset = resets(frames)
+    assert list(reset.values()) == [ErrorCode.ENHANCE_YOUR_CALM] * 2
     assert client.conn.buffered <= LIMITS.connection_buffer
     assert client.conn.buffered == client.conn.pool.used
     assert "ENHANCE_YOUR_CALM" in client.conn.notices[0]
@@ -75,7 +77,7 @@ def test_incomplete_requests_over_the_connection_bound_are_reset_enhance_your_ca
     client.feed(b"".join(client.data(done, p, end=p is cut[-1]) for p in cut))
     assert [e.stream_id for e in client.events] == [done]
     assert len(client.events[0].payload) == MESSAGE
-    assert client.conn.buffered == 2 * len(head)  # a dispatched message leaves the buffer
+    assert client.conn.buffered == 5 + MESSAGE  # a dispatched message leaves the buffer
 
 
 def test_the_total_bound_is_shared_by_connections():
@@ -86,7 +88,7 @@ def test_the_total_bound_is_shared_by_connections():
     first.feed(partial(first, 1, 200 * KIB)[len(first.headers(3)) :])
     second.feed(partial(second, 1, 200 * KIB)[len(second.headers(3)) :])
     assert resets(second.read()) == {1: ErrorCode.ENHANCE_YOUR_CALM}
-    assert pool.used == 200 * KIB == first.conn.buffered
+    assert pool.used == 5 + MESSAGE == first.conn.buffered  # held at its announced length
     second.feed(second.headers(3))  # no room in the pool for one more message
     assert resets(second.read()) == {3: ErrorCode.REFUSED_STREAM}
     first.conn.release()  # the client went away: its bytes go back

@@ -60,7 +60,15 @@ from tykworker.front.router import (
 )
 from tykworker.system import proctitle, sockets
 from tykworker.wire import answers, control
-from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
+from tykworker.wire.frames import (
+    DIRECT_FROM,
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    Payload,
+    encode_header,
+    peek_object_header,
+)
 from tykworker.wire.handoff import FrontSpec
 from tykworker.wire.reasons import Reason
 from tykworker.wire.scoreboard import Scoreboard
@@ -72,7 +80,7 @@ log = logging.getLogger("tykworker.front")
 calls_log = logging.getLogger("tykworker.calls")
 
 _HOOK_NAMES = {number: name for name, number in HOOK_TYPES.items()}
-Respond = Callable[[bytes], None]
+Respond = Callable[[Payload], None]
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -107,7 +115,7 @@ class Front:
             fast_limit=settings.pipeline_fast_ms / 1000,
         )
         # Frames for workers, per bridge connection, written once per loop iteration.
-        self.outbox: dict[int, list[bytes]] = {}
+        self.outbox: dict[int, list[Payload]] = {}
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, _Pending] = {}
@@ -127,7 +135,7 @@ class Front:
 
     # --- calls ----------------------------------------------------------------------
     def submit(
-        self, kind: FrameKind, payload: bytes, deadline: float | None, respond: Respond
+        self, kind: FrameKind, payload: Payload, deadline: float | None, respond: Respond
     ) -> None:
         """Route one call; ``respond`` is called exactly once with its answer, perhaps
         before this returns (overload). ``deadline``: the client's own, in seconds from now
@@ -152,12 +160,14 @@ class Front:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def call(self, kind: FrameKind, payload: bytes, deadline: float | None = None) -> bytes:
+    async def call(
+        self, kind: FrameKind, payload: Payload, deadline: float | None = None
+    ) -> Payload:
         """``submit`` for coroutine callers (grpcio). Cancelling the awaiting task drops
         the answer, not the call."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
 
-        def respond(reply: bytes) -> None:
+        def respond(reply: Payload) -> None:
             if not future.done():
                 future.set_result(reply)
 
@@ -217,7 +227,7 @@ class Front:
             else:
                 link.write(b"".join(parts))
 
-    def _resolve(self, call: Call, reply: bytes) -> None:
+    def _resolve(self, call: Call, reply: Payload) -> None:
         """The router is done with ``call``: deliver its one answer and disarm its
         deadline."""
         pending = self.pending.pop(call.call_id, None)
@@ -521,7 +531,7 @@ class _WorkerLink(asyncio.Protocol):
     def __init__(self, front: Front) -> None:
         self.front = front
         self.conn_id = next(front.conn_ids)
-        self.decoder = FrameDecoder(front.settings.max_message_bytes)
+        self.decoder = FrameDecoder(front.settings.max_message_bytes, direct_from=DIRECT_FROM)
         self.transport: asyncio.Transport | None = None
         self.joined = False
         self.spare: int | None = None  # dup of the socket's fd, for the last bytes

@@ -18,16 +18,17 @@ from tykworker.config import Settings, parse_address
 from tykworker.front.health import SERVICE as HEALTH_SERVICE
 from tykworker.front.health import Health, ServingStatus, encode_response, service_of
 from tykworker.system import sockets
-from tykworker.wire.frames import FrameKind
+from tykworker.wire.frames import FrameKind, Payload
 
 SERVICE = "coprocess.Dispatcher"
-Call = Callable[[FrameKind, bytes, "float | None"], Awaitable[bytes]]
+Call = Callable[[FrameKind, Payload, "float | None"], Awaitable[Payload]]
 
 
 def _handlers(call: Call) -> grpc.GenericRpcHandler[bytes, bytes]:
     def unary(kind: FrameKind) -> grpc.RpcMethodHandler[bytes, bytes]:
         async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            return await call(kind, request, context.time_remaining())
+            reply = await call(kind, request, context.time_remaining())
+            return reply if isinstance(reply, bytes) else bytes(reply)  # grpcio takes bytes
 
         return grpc.unary_unary_rpc_method_handler(handle)
 

@@ -43,12 +43,12 @@ from tykworker.front.h2.frames import ErrorCode
 from tykworker.front.h2.heads import Status
 from tykworker.front.h2.state import BufferPool, CallEvent, Limits
 from tykworker.system import sockets
-from tykworker.wire.frames import FrameKind
+from tykworker.wire.frames import FrameKind, Payload
 
 log = logging.getLogger("tykworker.front")
 
 #: submit(kind, payload, deadline, respond): route one call; ``respond`` gets its answer.
-Handler = Callable[[FrameKind, bytes, "float | None", Callable[[bytes], None]], None]
+Handler = Callable[[FrameKind, Payload, "float | None", Callable[[Payload], None]], None]
 
 
 class H2Protocol(asyncio.Protocol):
@@ -167,7 +167,7 @@ class H2Protocol(asyncio.Protocol):
         if self.inflight_bytes > self.server.limits_buffer:
             self._update_reading()
 
-    def _answered(self, stream_id: int, size: int, reply: bytes) -> None:
+    def _answered(self, stream_id: int, size: int, reply: Payload) -> None:
         self.inflight_bytes -= size
         transport = self.transport
         if transport is None:
@@ -194,7 +194,7 @@ class H2Protocol(asyncio.Protocol):
             task.add_done_callback(self.watches.discard)
         else:
             try:
-                service = health_service.decode_request(event.payload)
+                service = health_service.decode_request(bytes(event.payload))
             except (ValueError, UnicodeDecodeError):
                 service = "\0invalid"
             status = health.status(service)
@@ -209,7 +209,7 @@ class H2Protocol(asyncio.Protocol):
         if not conn.start_stream(sid):
             return
         try:
-            async for message in health.watch(event.payload, cast(Any, None)):
+            async for message in health.watch(bytes(event.payload), cast(Any, None)):
                 if not conn.send_message(sid, message):
                     return  # the client went away
                 self._schedule_flush()
@@ -229,9 +229,12 @@ class H2Protocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        data = self.conn.data_to_send()
-        if data:
-            transport.write(data)
+        out = self.conn.output()
+        if out:
+            if len(out) > 8 and sum(map(len, out)) >= 65536:  # large answers: gathered
+                transport.writelines(out)
+            else:
+                transport.write(b"".join(out))
         if self.conn.finished:
             transport.close()
 

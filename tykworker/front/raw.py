@@ -35,10 +35,17 @@ from tykworker.config import Settings
 from tykworker.errors import ProtocolError
 from tykworker.front.guard import Guard
 from tykworker.system import sockets
-from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_frame, encode_header
+from tykworker.wire.frames import (
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    Payload,
+    encode_frame,
+    encode_header,
+)
 
 #: submit(kind, payload, deadline, respond): route one call; ``respond`` gets its answer.
-Submit = Callable[[FrameKind, bytes, "float | None", Callable[[bytes], None]], None]
+Submit = Callable[[FrameKind, Payload, "float | None", Callable[[Payload], None]], None]
 GOODBYE = b"server stopping: no more replies on this connection"
 #: calls in flight per connection before reading pauses (HTTP/2's MAX_CONCURRENT_STREAMS)
 MAX_INFLIGHT = 1000
@@ -177,7 +184,7 @@ class RawProtocol(asyncio.Protocol):
         if self.inflight >= MAX_INFLIGHT or self.inflight_bytes > self.server.buffer_limit:
             self._update_reading()
 
-    def _answered(self, call_id: int, size: int, reply: bytes) -> None:
+    def _answered(self, call_id: int, size: int, reply: Payload) -> None:
         self.inflight -= 1
         self.inflight_bytes -= size
         transport = self.transport

@@ -36,6 +36,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from tykworker.wire.frames import Payload
 from tykworker.wire.reasons import Reason
 
 
@@ -45,7 +46,7 @@ class Call:
 
     call_id: int
     kind: int  # wire.frames.FrameKind.DISPATCH or EVENT
-    payload: bytes
+    payload: Payload
     hook_type: int = 0
     hook_name: str = ""
     arrived_at: float = 0.0  # monotonic seconds
@@ -113,7 +114,7 @@ class Completed:
 
     call: Call
     conn_id: int
-    reply: bytes
+    reply: Payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,7 @@ class Router:
         return self._feed(worker, now)
 
     def reply(
-        self, conn_id: int, call_id: int, reply: bytes = b"", now: float = 0.0
+        self, conn_id: int, call_id: int, reply: Payload = b"", now: float = 0.0
     ) -> list[Action]:
         """The worker on ``conn_id`` answered ``call_id`` with ``reply`` at ``now``."""
         worker = self.workers.get(conn_id)

@@ -76,15 +76,17 @@ def _cached_fragment(hook_type: int, reason: Reason) -> bytes:
     return override_fragment(hook_type, reason.status, reason.message, reason.code)
 
 
-def failure_reply(original: bytes, hook_type: int, reason: Reason, fail_open: bool) -> bytes:
+def failure_reply(
+    original: bytes | bytearray, hook_type: int, reason: Reason, fail_open: bool
+) -> bytes:
     """Reply bytes for a Dispatch call that the hook did not answer.
 
     ``original`` is the request exactly as the gateway sent it. Auth hooks never fail open
     (the caller's settings forbid it), since the gateway would then answer 403 anyway.
     """
     if fail_open:
-        return original
-    return original + _cached_fragment(hook_type, reason)
+        return bytes(original)  # no copy when it is bytes already
+    return bytes(original + _cached_fragment(hook_type, reason))
 
 
 #: Undeclared ``EventReply`` field (length-delimited) holding the reason code of an event

@@ -217,7 +217,7 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(body)
 
 
-def decode(payload: bytes) -> Message:
+def decode(payload: bytes | bytearray) -> Message:
     """The message in ``payload``; ``ProtocolError`` (only) for anything else."""
     try:
         body = msgpack.unpackb(payload, use_list=True, raw=False, strict_map_key=False)

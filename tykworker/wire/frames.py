@@ -42,6 +42,8 @@ VERSION: Final = 1
 HEADER: Final = struct.Struct(">2sBBIQ")
 HEADER_SIZE: Final = HEADER.size  # 16
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024 * 1024
+#: Bridge decoders receive payloads this large into their own buffer (``direct_from``).
+DIRECT_FROM: Final = 64 * 1024
 
 
 class FrameKind(enum.IntEnum):
@@ -57,14 +59,18 @@ class FrameKind(enum.IntEnum):
     CONTROL = 12  # msgpack map: status pipe to the supervisor; worker -> front "failed"
 
 
+Payload = bytes | bytearray
+"""A frame's payload: ``bytes``, or the ``bytearray`` a ``direct_from`` decoder filled."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     kind: FrameKind
     call_id: int
-    payload: bytes
+    payload: Payload
 
 
-def encode_frame(kind: FrameKind, call_id: int, payload: bytes = b"") -> bytes:
+def encode_frame(kind: FrameKind, call_id: int, payload: Payload = b"") -> bytes:
     """Header + payload as one bytes object.
 
     Raises ``LocalProtocolError`` if ``call_id`` is outside 0..2**64-1 or the payload is 4 GiB
@@ -86,21 +92,34 @@ def encode_header(kind: FrameKind, call_id: int, length: int) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder: ``feed`` bytes, then call ``next_frame`` until it returns None."""
+    """Incremental decoder: ``feed`` bytes, then call ``next_frame`` until it returns None.
 
-    __slots__ = ("_buf", "_error", "_max", "_pending", "_pos")
+    With ``direct_from`` set (the bridge: both ends are tykworker's own processes), a frame
+    whose payload is at least that large is not gathered in the decoder's buffer: once its
+    header is parsed, the payload gets a buffer of its exact size, the bytes already
+    buffered are moved there, later ``feed`` calls copy straight into it, and a reader may
+    even receive into it (``direct_buffer``/``advance``). Its ``Frame.payload`` is that
+    ``bytearray``, not a copy. The public raw socket leaves it off: a client's header alone
+    must not make the front allocate what the client has not sent.
+    """
 
-    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+    __slots__ = ("_big", "_buf", "_direct", "_error", "_filled", "_max", "_pending", "_pos")
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD, direct_from: int = 0) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max = max_payload
         self._pending: tuple[FrameKind, int, int] | None = None  # parsed header
         self._error: ProtocolError | None = None
+        self._direct = direct_from if direct_from > 0 else max_payload + 1
+        self._big: bytearray | None = None  # the payload of the pending large frame
+        self._filled = 0  # bytes of ``_big`` received
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buf) - self._pos
+        pending = HEADER_SIZE + self._filled if self._big is not None else 0
+        return len(self._buf) - self._pos + pending
 
     @property
     def in_error(self) -> bool:
@@ -109,15 +128,45 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
             raise self._error
+        big = self._big
+        if big is not None:
+            room = len(big) - self._filled
+            if len(data) <= room:
+                big[self._filled : self._filled + len(data)] = data
+                self._filled += len(data)
+                return
+            with memoryview(data) as view:
+                big[self._filled :] = view[:room]
+                self._filled += room
+                self._append(view[room:])
+            return
+        self._append(data)
+
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
         self._buf += data
 
+    def direct_buffer(self) -> memoryview | None:
+        """Where the rest of a pending large payload goes, for ``recv_into``; None when no
+        large frame is pending (read into your own buffer and ``feed``). After receiving
+        ``n`` bytes into it, call ``advance(n)``."""
+        big = self._big
+        if big is None or self._filled == len(big):
+            return None
+        return memoryview(big)[self._filled :]
+
+    def advance(self, n: int) -> None:
+        """``n`` bytes were received into the view ``direct_buffer`` returned."""
+        self._filled += n
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None when more bytes are needed."""
         if self._error is not None:
             raise self._error
+        if self._big is not None:
+            return self._big_frame()
         if self._pending is None:
             if len(self._buf) - self._pos < HEADER_SIZE:
                 return None
@@ -125,6 +174,9 @@ class FrameDecoder:
         kind, length, call_id = self._pending
         end = self._pos + HEADER_SIZE + length
         if len(self._buf) < end:
+            if length >= self._direct:
+                self._start_big(length)
+                return self._big_frame()
             return None
         with memoryview(self._buf) as view:  # one copy (slicing a bytearray copies twice)
             payload = bytes(view[self._pos + HEADER_SIZE : end])
@@ -134,6 +186,25 @@ class FrameDecoder:
             del self._buf[: self._pos]
             self._pos = 0
         return Frame(kind, call_id, payload)
+
+    def _start_big(self, length: int) -> None:
+        """Move the pending frame's payload bytes out of ``_buf`` into their own buffer."""
+        start = self._pos + HEADER_SIZE
+        have = len(self._buf) - start
+        big = bytearray(length)
+        with memoryview(self._buf) as view:
+            big[:have] = view[start:]
+        self._big, self._filled = big, have
+        self._buf.clear()
+        self._pos = 0
+
+    def _big_frame(self) -> Frame | None:
+        big = self._big
+        if big is None or self._filled < len(big) or self._pending is None:
+            return None
+        kind, _, call_id = self._pending
+        self._big, self._filled, self._pending = None, 0, None
+        return Frame(kind, call_id, big)
 
     def _parse_header(self) -> tuple[FrameKind, int, int]:
         magic, version, kind, length, call_id = HEADER.unpack_from(self._buf, self._pos)
@@ -162,7 +233,7 @@ _WIRE_LEN: Final = 2
 _WIRE_I32: Final = 5
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _read_varint(data: Payload, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
@@ -176,7 +247,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def peek_object_header(data: bytes) -> tuple[int, str]:
+def peek_object_header(data: Payload) -> tuple[int, str]:
     """``(hook_type, hook_name)`` from the top level of an encoded ``coprocess.Object``.
 
     Nested messages are skipped by their length prefix, so the cost is proportional to

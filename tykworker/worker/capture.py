@@ -49,11 +49,11 @@ _SECRET_NAMES: Final = frozenset(name.lower() for name in SECRET_HEADERS)
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def redacted_json(payload: bytes) -> tuple[str, bytes] | None:
+def redacted_json(payload: bytes | bytearray) -> tuple[str, bytes] | None:
     """``(hook name, capture file content)`` of one Dispatch payload; ``None`` when it is
     not an Object."""
     try:
-        obj = object_pb2.Object.FromString(payload)
+        obj = object_pb2.Object.FromString(payload)  # type: ignore[arg-type]  # upb: any buffer
     except DecodeError:
         return None
     headers = obj.request.headers
@@ -109,7 +109,7 @@ class Capture:
             settings.capture_max_mb * 1024 * 1024,
         )
 
-    def record(self, payload: bytes) -> bool:
+    def record(self, payload: bytes | bytearray) -> bool:
         """Capture ``payload`` if it is this worker's turn; ``False`` once capturing has
         stopped for good (bound reached, or the folder cannot be written)."""
         self._seen += 1
@@ -121,7 +121,7 @@ class Capture:
             log.warning("capture into %s stopped: %s", self.folder, exc)
             return False
 
-    def _write(self, payload: bytes) -> bool:
+    def _write(self, payload: bytes | bytearray) -> bool:
         captured = redacted_json(payload)
         if captured is None:
             return True

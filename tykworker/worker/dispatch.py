@@ -78,10 +78,11 @@ EventResolver = Callable[[str, str], Target | None]
 SUPPORTED_ARG_COUNTS: Final = (3, 4, 5)
 
 
-def dispatch(payload: bytes, resolve: Resolver) -> bytes:
+def dispatch(payload: bytes | bytearray, resolve: Resolver) -> bytes:
     """Run the hook named by the Object in ``payload``; return the reply Object bytes."""
     try:
-        obj = object_pb2.Object.FromString(payload)
+        # upb parses any buffer (a large call arrives as the bytearray it was received in)
+        obj = object_pb2.Object.FromString(payload)  # type: ignore[arg-type]
     except DecodeError as exc:
         calls_log.warning("undecodable Dispatch payload (%d bytes): %s", len(payload), exc)
         active_call.failure = Reason.BAD_REQUEST.code
@@ -101,7 +102,7 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
                 extra=context.log_extra(),
             )
             active_call.failure = Reason.NO_HOOK.code
-            return payload + _UNNAMED_AUTH
+            return bytes(payload + _UNNAMED_AUTH)
         try:
             handler, scope = resolve(obj)
         except HookNotFound as exc:
@@ -125,7 +126,7 @@ def dispatch(payload: bytes, resolve: Resolver) -> bytes:
             return _failure(payload, obj, Reason.HOOK_ERROR)
 
 
-def oversized_reply(payload: bytes, size: int, limit: int) -> bytes:
+def oversized_reply(payload: bytes | bytearray, size: int, limit: int) -> bytes:
     """The answer to a call whose hook built a reply of ``size`` bytes, over ``limit``
     (``max_message_mb``): no channel after the worker may carry it (the front's bridge
     decoder and the gRPC peer refuse it), so it gets the ``HOOK_ERROR`` answer instead,
@@ -170,7 +171,7 @@ _UNNAMED_AUTH: Final = answers.override_fragment(
 )
 
 
-def _failure(payload: bytes, obj: object_pb2.Object, reason: Reason) -> bytes:
+def _failure(payload: bytes | bytearray, obj: object_pb2.Object, reason: Reason) -> bytes:
     active_call.failure = reason.code  # the worker loop reports it to the front (metrics)
     return answers.failure_reply(payload, obj.hook_type, reason, False)
 
@@ -250,14 +251,14 @@ def _adopt(
         session.metadata[key] = value
 
 
-def dispatch_event(payload: bytes, resolve: EventResolver) -> bytes:
+def dispatch_event(payload: bytes | bytearray, resolve: EventResolver) -> bytes:
     """Run the ``@Event`` handler named in a ``coprocess.Event``. The reply is the empty
     ``EventReply`` when it ran, else one carrying the reason (``answers.event_reply``:
     ``bad_request``, ``no_hook``, ``hook_error``), also noted in ``active_call.failure``.
     ``active_call.hook`` is set to the handler name (the worker loop tells the front)."""
     active_call.hook = active_call.failure = ""
     try:
-        data = json.loads(object_pb2.Event.FromString(payload).payload)
+        data = json.loads(object_pb2.Event.FromString(payload).payload)  # type: ignore[arg-type]
         event = TykEvent(data)
     except (DecodeError, ValueError) as exc:
         calls_log.warning("undecodable DispatchEvent payload: %s", exc)

@@ -48,8 +48,10 @@ from tykworker.errors import ExitCode, PluginLoadError, ProtocolError
 from tykworker.system import crashlog, kernel, proctitle
 from tykworker.wire import control
 from tykworker.wire.frames import (
+    DIRECT_FROM,
     FrameDecoder,
     FrameKind,
+    Payload,
     encode_frame,
     encode_header,
     peek_object_header,
@@ -170,7 +172,9 @@ class Worker:
             os.close(self.spec.channel_fd)
 
     def _serve(self, bridge: socket.socket, runtime: _Runtime, signals: _Signals) -> int:
-        decoder = FrameDecoder(self.settings.max_message_bytes)
+        # A large call is received straight into a buffer of its size (no copies through
+        # the decoder's buffer, no growing it): ``direct_buffer``.
+        decoder = FrameDecoder(self.settings.max_message_bytes, direct_from=DIRECT_FROM)
         # One receive buffer for the life of the worker: ``recv(1 MiB)`` would allocate (and
         # the allocator mmap/mremap/munmap) a fresh MiB per call.
         buffer = bytearray(_RECV_SIZE)
@@ -192,15 +196,20 @@ class Worker:
                 if fd == wake:
                     signals.wake_r.recv(512)
                     continue
+                direct = decoder.direct_buffer()
                 try:
-                    size = bridge.recv_into(buffer)
+                    size = bridge.recv_into(buffer if direct is None else direct)
                 except OSError:
                     size = 0
                 if not size:
                     return ExitCode.OK  # front closed: drained, or front gone
                 signals.busy = True
                 try:
-                    decoder.feed(view[:size])
+                    if direct is None:
+                        decoder.feed(view[:size])
+                    else:
+                        decoder.advance(size)
+                        direct.release()
                     self._run_batch(bridge, runtime, decoder)
                 except ProtocolError as exc:
                     log.error("bridge protocol error: %s", exc)
@@ -225,7 +234,7 @@ class Worker:
         if handled:
             self._title("draining" if self.draining else "idle")
 
-    def _handle(self, runtime: _Runtime, kind: int, call_id: int, payload: bytes) -> None:
+    def _handle(self, runtime: _Runtime, kind: int, call_id: int, payload: Payload) -> None:
         if kind == FrameKind.DISPATCH:
             hook, run = peek_object_header(payload)[1], runtime.dispatch
         elif kind == FrameKind.EVENT:
@@ -301,9 +310,9 @@ class Worker:
 class _Runtime(Protocol):
     """What the loop needs of ``plugins.Runtime``."""
 
-    def dispatch(self, payload: bytes) -> bytes: ...
+    def dispatch(self, payload: bytes | bytearray) -> bytes: ...
 
-    def dispatch_event(self, payload: bytes) -> bytes: ...
+    def dispatch_event(self, payload: bytes | bytearray) -> bytes: ...
 
     def close(self) -> None: ...
 

@@ -340,13 +340,13 @@ class Runtime:
         #: ``serve --capture``: records each call before it runs; ``None`` when off.
         self.capture: Capture | None = None
 
-    def dispatch(self, payload: bytes) -> bytes:
+    def dispatch(self, payload: bytes | bytearray) -> bytes:
         """``coprocess.Object`` bytes -> reply Object bytes. Never raises."""
         if self.capture is not None and not self.capture.record(payload):
             self.capture = None
         return dispatch(payload, self._resolve)
 
-    def dispatch_event(self, payload: bytes) -> bytes:
+    def dispatch_event(self, payload: bytes | bytearray) -> bytes:
         """``coprocess.Event`` bytes -> ``EventReply`` bytes (empty). Never raises."""
         return dispatch_event(payload, self._resolve_event)
 

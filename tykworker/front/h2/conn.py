@@ -209,35 +209,63 @@ class H2Connection(StreamTable):
             self._end_of_request(stream)
 
     def _body(self, stream: Stream, data: memoryview) -> None:
-        if stream.message is not None:
+        """Gather the request message. Its 5-byte gRPC prefix says how long it is: a
+        message in one DATA frame (the common case) is copied out once; a longer one gets
+        a buffer of its exact size, reserved in the memory bounds at once (what the client
+        announced, not only what it sent so far), and each DATA frame is copied into it.
+        No buffer grows, and nothing is copied again at the end."""
+        message = stream.message
+        if message is not None:  # a preallocated message being filled
+            filled = stream.filled
+            n = len(data)
+            if filled + n > len(message) or isinstance(message, bytes):
+                self._answer_status(stream, Status.INTERNAL, "more than one request message")
+                return
+            message[filled : filled + n] = data
+            stream.filled = filled + n
+            return
+        if stream.body is None and len(data) >= 5:
+            source = data
+        else:  # the prefix is split over DATA frames (rare): gather it first
+            if not self._take(stream, len(data)):
+                return
+            if stream.body is None:
+                stream.body = bytearray()
+            stream.body += data
+            if len(stream.body) < 5:
+                return
+            source = memoryview(stream.body)
+        flag, length = PREFIX.unpack_from(source)
+        problem = self._prefix_problem(flag, length)
+        if problem is not None:
+            self._answer_status(stream, *problem)
+            return
+        rest = source[5:]
+        if len(rest) > length:
             self._answer_status(stream, Status.INTERNAL, "more than one request message")
             return
-        n = len(data)
+        if not self._take(stream, 5 + length - stream.held):
+            return
+        if len(rest) == length:
+            stream.message = bytes(rest)
+        else:
+            buffer = bytearray(length)
+            buffer[: len(rest)] = rest
+            stream.message = buffer
+        stream.filled = len(rest)
+        stream.body = None
+
+    def _take(self, stream: Stream, n: int) -> bool:
+        """Count ``n`` more bytes held for ``stream``'s request; False (and the stream is
+        reset) if that passes the connection's or the pool's bound."""
         pool = self.pool
         if self.buffered + n > self.limits.connection_buffer or pool.used + n > pool.limit:
             self._over_buffer(stream)
-            return
+            return False
         stream.held += n  # _hold, inline: this is every call's path
         self.buffered += n
         pool.used += n
-        if stream.body is None:
-            if n >= 5:
-                flag, length = PREFIX.unpack_from(data)
-                if flag == 0 and n == 5 + length <= 5 + self.limits.max_message:
-                    stream.message = bytes(data[5:])  # the common case: one frame, one message
-                    return
-            stream.body = bytearray()
-        body = stream.body
-        body += data
-        if stream.expected < 0 and len(body) >= 5:
-            flag, length = PREFIX.unpack_from(body)
-            problem = self._prefix_problem(flag, length)
-            if problem is not None:
-                self._answer_status(stream, *problem)
-                return
-            stream.expected = 5 + length
-        if 0 <= stream.expected < len(body):
-            self._answer_status(stream, Status.INTERNAL, "more than one request message")
+        return True
 
     def _over_buffer(self, stream: Stream) -> None:
         """Incomplete requests would hold more than the bound: RST_STREAM(ENHANCE_YOUR_CALM)."""
@@ -270,8 +298,8 @@ class H2Connection(StreamTable):
             self._refuse(stream, head.refusal)
             return
         message = stream.message
-        if message is None and stream.body is not None and len(stream.body) == stream.expected:
-            message = bytes(memoryview(stream.body)[5:])
+        if message is not None and stream.filled != len(message):
+            message = None  # truncated
         stream.body = None
         stream.message = None
         held = stream.held

@@ -77,7 +77,7 @@ class CallEvent:
 
     stream_id: int
     kind: FrameKind | None
-    payload: bytes
+    payload: bytes | bytearray
     timeout: float | None
     health: str = ""  # "Check" or "Watch" (grpc.health.v1.Health) when ``kind`` is None
 
@@ -98,9 +98,11 @@ class Stream:
     dispatched: bool = False  # a CallEvent went out; the driver owes one respond()
     answering: bool = False  # our answer has started (HEADERS sent)
     received: int = 0  # DATA payload bytes (for content-length)
-    body: bytearray | None = None
-    message: bytes | None = None  # the complete request message (without prefix)
-    expected: int = -1  # 5 + message length, once the prefix is known
+    body: bytearray | None = None  # the gRPC prefix while it is split over DATA frames
+    # The request message (without prefix): ``bytes`` when it came whole in one DATA frame,
+    # else a buffer of its announced length that DATA frames fill up to ``filled``.
+    message: bytes | bytearray | None = None
+    filled: int = 0
     out: list[memoryview] = field(default_factory=list)  # answer DATA held by flow control
     trailers: bytes | None = None  # header block sent after ``out`` with END_STREAM
     data_end: bool = False  # END_STREAM on the last DATA frame (HTTP refusals: no trailers)

@@ -77,7 +77,7 @@ class StreamTable:
         self._zombies: set[int] = set()  # reset streams whose call is still running
         self._closed: dict[int, int] = {}  # recently closed stream id -> ENDED/RESET_*
         self._blocked: dict[int, None] = {}  # streams waiting for send window, in order
-        self._out: list[bytes | memoryview] = []
+        self._out: list[bytes | bytearray | memoryview] = []
         self._conn_send_window = f.DEFAULT_WINDOW
         self._peer_initial_window = f.DEFAULT_WINDOW
         self._peer_max_frame = f.DEFAULT_MAX_FRAME
@@ -99,6 +99,12 @@ class StreamTable:
         data = b"".join(self._out)
         self._out.clear()
         return data
+
+    def output(self) -> list[bytes | bytearray | memoryview]:
+        """What ``data_to_send`` would join, as the pieces themselves (views into the
+        answers), for a gathered write of large answers without copying them."""
+        out, self._out = self._out, []
+        return out
 
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
@@ -153,7 +159,7 @@ class StreamTable:
         self.pool.used -= n
 
     # --- public: answers ------------------------------------------------------------------
-    def respond(self, stream_id: int, payload: bytes) -> None:
+    def respond(self, stream_id: int, payload: bytes | bytearray) -> None:
         """The answer to a ``CallEvent``: HEADERS, DATA, trailers (grpc-status 0)."""
         self._zombies.discard(stream_id)
         stream = self._streams.get(stream_id)
@@ -189,7 +195,8 @@ class StreamTable:
             self._answer_status(stream, Status.RESOURCE_EXHAUSTED, message)
             return
         self._out.append(headers_frame(stream_id, RESPONSE_HEADERS, end=False))
-        stream.out.append(memoryview(PREFIX.pack(0, n - 5) + payload))
+        # The prefix and the payload as they are (a large answer is not copied to join them)
+        stream.out += (memoryview(PREFIX.pack(0, n - 5)), memoryview(payload))
         self._hold(stream, n)
         stream.trailers = OK_TRAILERS
         self._send(stream)
@@ -261,27 +268,37 @@ class StreamTable:
         self._send(stream)
 
     def _send(self, stream: Stream) -> None:
-        """Send as much of ``stream.out`` as the windows allow, then the trailers."""
+        """Send as much of ``stream.out`` as the windows allow, then the trailers. A DATA
+        frame may gather several pieces (a 5-byte prefix and its payload go in one)."""
         sid = stream.stream_id
         pieces = stream.out
         while pieces:
-            piece = pieces[0]
-            while len(piece):
-                n = min(len(piece), self._conn_send_window, stream.send_window)
-                n = min(n, self._peer_max_frame)
-                if n <= 0:
-                    pieces[0] = piece
-                    self._blocked[sid] = None
-                    return
-                last = n == len(piece) and len(pieces) == 1
-                flags = f.END_STREAM if last and stream.data_end else 0
-                self._out.append(f.frame_header(FrameType.DATA, flags, sid, n))
-                self._out.append(piece[:n])  # a view: copied once, by data_to_send's join
-                piece = piece[n:]
-                self._conn_send_window -= n
-                stream.send_window -= n
-                self._release(stream, n)
-            del pieces[0]
+            room = min(self._conn_send_window, stream.send_window, self._peer_max_frame)
+            if room <= 0:
+                self._blocked[sid] = None
+                return
+            header = len(self._out)
+            self._out.append(b"")  # the frame header, once its length is known
+            n = 0
+            while pieces and n < room:
+                piece = pieces[0]
+                k = min(len(piece), room - n)
+                if k == len(piece):
+                    del pieces[0]
+                else:
+                    pieces[0] = piece[k:]
+                    piece = piece[:k]
+                if k:
+                    self._out.append(piece)  # a view: copied once, by the write
+                    n += k
+            if not n:  # only empty pieces were left
+                del self._out[header]
+                break
+            flags = f.END_STREAM if not pieces and stream.data_end else 0
+            self._out[header] = f.frame_header(FrameType.DATA, flags, sid, n)
+            self._conn_send_window -= n
+            stream.send_window -= n
+            self._release(stream, n)
         self._blocked.pop(sid, None)
         if stream.data_end:
             self._close_answered(stream)
