@@ -14,23 +14,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import pytest
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.cli import objects
 from tykworker.config import Settings
+from tykworker.testing.server import ServeProcess
 
 HERE = Path(__file__).parent
 PLUGINS = HERE / "plugins"
@@ -83,8 +79,9 @@ def make_object(
     )
 
 
-class Server:
-    """One running ``tykworker serve`` process tree."""
+class Server(ServeProcess):
+    """One running ``tykworker serve`` process tree (the test kit's ``ServeProcess``, with
+    the test's environment passed through and the process-tree helpers the suite needs)."""
 
     def __init__(
         self,
@@ -93,76 +90,17 @@ class Server:
         env: dict[str, str] | None = None,
         preexec: Callable[[], None] | None = None,
     ):
-        self.workdir = workdir
-        self.socket = str(workdir / "tyk.sock")
-        self.args = args
-        self.log_path = workdir / "server.log"
-        self.notify_path = str(workdir / "notify.sock")
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(self.notify_path)
-        self.notify.settimeout(30)
-        self.messages: list[str] = []
-        env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify_path}
-        env.pop("TYKWORKER_CONFIG", None)
+        environ = {**os.environ, **(env or {})}
+        environ.pop("TYKWORKER_CONFIG", None)
         if FRONT:  # run the whole suite against one front: TYKWORKER_TEST_FRONT=native|grpcio
-            env.setdefault("TYKWORKER_FRONT", FRONT)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "tykworker", "serve", "--socket", self.socket, *args]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=preexec,
-        )
-        self._channel: grpc.Channel | None = None
-
-    # --- notify ---------------------------------------------------------------------
-    def wait_notify(self, prefix: str, timeout: float = 30.0) -> str:
-        """The next sd_notify datagram with a line starting with ``prefix``, as text
-        (all its lines). Datagrams received meanwhile are kept for later calls."""
-
-        def matches(datagram: str) -> bool:
-            return any(line.startswith(prefix) for line in datagram.splitlines())
-
-        for datagram in self.messages:
-            if matches(datagram):
-                self.messages.remove(datagram)
-                return datagram
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
-            try:
-                datagram = self.notify.recv(4096).decode()
-            except TimeoutError:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            if matches(datagram):
-                return datagram
-            self.messages.append(datagram)
-        raise AssertionError(f"no {prefix!r} notification; log:\n{self.log()}")
+            environ.setdefault("TYKWORKER_FRONT", FRONT)
+        super().__init__(workdir, args, environ, preexec)
 
     def wait_ready(self) -> Server:
         self.wait_notify("READY=1")
         return self
 
     # --- calls ----------------------------------------------------------------------
-    @property
-    def channel(self) -> grpc.Channel:
-        if self._channel is None:
-            limit = 64 * 1024 * 1024
-            self._channel = grpc.insecure_channel(
-                "unix://" + self.socket,
-                options=[
-                    ("grpc.max_receive_message_length", limit),
-                    ("grpc.max_send_message_length", limit),
-                ],
-            )
-        return self._channel
-
     def dispatch_raw(self, payload: bytes, timeout: float = 30.0) -> bytes:
         method = self.channel.unary_unary("/coprocess.Dispatcher/Dispatch", None, None)
         return method(payload, timeout=timeout)  # type: ignore[no-any-return]
@@ -199,27 +137,6 @@ class Server:
                 if " ".join(child.cmdline()).startswith("tykworker: front"):
                     return child.pid
         raise AssertionError("no front process")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.proc.pid, signum)
-
-    def stop(self) -> int | None:
-        if self._channel is not None:
-            self._channel.close()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=40)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._log.close()
-        self.notify.close()
-        return self.proc.returncode
 
 
 @pytest.fixture
