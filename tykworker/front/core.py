@@ -58,8 +58,9 @@ from tykworker.front.router import (
     Lane,
     Router,
 )
+from tykworker.front.tracing import FrontTracer
 from tykworker.system import proctitle, sockets
-from tykworker.wire import answers, control
+from tykworker.wire import answers, control, tracecontext
 from tykworker.wire.frames import Frame, FrameDecoder, FrameKind, encode_header, peek_object_header
 from tykworker.wire.handoff import FrontSpec
 from tykworker.wire.reasons import Reason
@@ -124,14 +125,22 @@ class Front:
         self.stats: CallStats | None = None  # set when the metrics endpoint is on
         self.generation = 1  # the pool's current one, told by the supervisor
         self.parent = os.getppid()  # the supervisor; another parent: it is gone
+        self.tracer: FrontTracer | None = None  # set in ``serve`` when tracing is on
 
     # --- calls ----------------------------------------------------------------------
     def submit(
-        self, kind: FrameKind, payload: bytes, deadline: float | None, respond: Respond
+        self,
+        kind: FrameKind,
+        payload: bytes,
+        deadline: float | None,
+        respond: Respond,
+        trace: bytes | None = None,
     ) -> None:
         """Route one call; ``respond`` is called exactly once with its answer, perhaps
         before this returns (overload). ``deadline``: the client's own, in seconds from now
-        (``grpc-timeout``); the shorter of it and the hook type's wins.
+        (``grpc-timeout``); the shorter of it and the hook type's wins. ``trace``: the
+        call's propagation headers (a ``wire.tracecontext`` carrier; None without tracing
+        or without a trace context), sent to its worker in a traced frame.
 
         The deadline timer stays armed until the router is done with the call, even if the
         client goes away: a worker hanging on it must still be detected and killed."""
@@ -139,7 +148,9 @@ class Front:
             hook_type, hook_name = peek_object_header(payload)
         else:
             hook_type, hook_name = 0, ""
-        call = Call(next(self.ids), kind, payload, hook_type, hook_name, time.monotonic())
+        call = Call(
+            next(self.ids), kind, payload, hook_type, hook_name, time.monotonic(), trace=trace
+        )
         pending = _Pending(respond)
         self.pending[call.call_id] = pending
         self.counters.calls += 1
@@ -152,7 +163,13 @@ class Front:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def call(self, kind: FrameKind, payload: bytes, deadline: float | None = None) -> bytes:
+    async def call(
+        self,
+        kind: FrameKind,
+        payload: bytes,
+        deadline: float | None = None,
+        trace: bytes | None = None,
+    ) -> bytes:
         """``submit`` for coroutine callers (grpcio). Cancelling the awaiting task drops
         the answer, not the call."""
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -161,7 +178,7 @@ class Front:
             if not future.done():
                 future.set_result(reply)
 
-        self.submit(kind, payload, deadline, respond)
+        self.submit(kind, payload, deadline, respond, trace)
         return await future
 
     def _expire(self, call_id: int) -> None:
@@ -196,7 +213,10 @@ class Front:
         the front's main per-call costs."""
         if self.stats is not None:
             self.stats.observe_queue_wait(time.monotonic() - call.arrived_at)
-        header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
+        if call.trace is None:
+            header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
+        else:
+            header = _traced_header(call)
         parts = self.outbox.get(conn_id)
         if parts is None:
             parts = self.outbox[conn_id] = []
@@ -259,6 +279,9 @@ class Front:
                 "elapsed": round(time.monotonic() - call.arrived_at, 6),
             },
         )
+        if call.trace is not None and self.tracer is not None:
+            worker = (member.pid, member.generation) if member else None
+            self.tracer.answered(call, hook, reason.code, worker, time.monotonic())
         if reason is Reason.TIMEOUT and pid is not None:
             self.health.notify()  # that worker is lost
             elapsed = time.monotonic() - call.arrived_at
@@ -416,6 +439,14 @@ class Front:
         return servers
 
     async def serve(self) -> None:
+        self.tracer = FrontTracer.start(self.settings.tracing)  # in this process, after fork
+        try:
+            await self._serve()
+        finally:
+            if self.tracer is not None:
+                self.tracer.close()
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         for signum in (signal.SIGQUIT, signal.SIGINT):
@@ -585,6 +616,16 @@ def _peer_pid(link: asyncio.BaseTransport) -> int | None:
         return None
     pid: int = _UCRED.unpack(creds)[0]
     return pid
+
+
+def _traced_header(call: Call) -> bytes:
+    """Frame header and trace context prefix of a traced call (wire/tracecontext.py), the
+    instant it is written to a worker recorded as its ``sent_at``."""
+    assert call.trace is not None
+    call.sent_at = time.monotonic()
+    prefix = tracecontext.prefix(call.trace, call.arrived_at, call.sent_at)
+    kind = FrameKind.DISPATCH_TRACED if call.kind == FrameKind.DISPATCH else FrameKind.EVENT_TRACED
+    return encode_header(kind, call.call_id, len(prefix) + len(call.payload)) + prefix
 
 
 def _type_name(call: Call) -> str:
