@@ -107,7 +107,7 @@ def describe(environ: Mapping[str, str]) -> str:
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
+    except ImportError:  # a parent package is missing or fails to import
         return False
 
 

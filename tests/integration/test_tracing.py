@@ -11,12 +11,16 @@ span with that outcome from the front.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests import otlp
@@ -173,3 +177,47 @@ def test_tracing_off_serves_traced_calls_as_before(start_server, receiver):
     server = start_server("--workers", "1", plugins=PLUGINS, events=EVENTS, env=env)
     reply = _dispatch(server, "Traced", [("traceparent", TRACEPARENT)])
     assert reply.request.set_headers["X-Worker-Pid"]
+
+
+def _without_opentelemetry(workdir: Path) -> dict[str, str]:
+    """An environment in which ``import opentelemetry`` fails, as without the extra."""
+    blocker = workdir / "no-otel" / "opentelemetry"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('opentelemetry blocked by the test')\n")
+    path = [str(blocker.parent), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(filter(None, path))}
+
+
+def test_without_the_sdk_tracing_off_serves_and_tracing_on_is_a_clear_error(
+    start_server, workdir, receiver
+):
+    env = _without_opentelemetry(workdir)
+    server = start_server("--workers", "1", plugins=HERE / "plugins", env=env)
+    reply = server.dispatch("Echo")
+    assert reply.request.set_headers["X-Version"] == "1"
+    other = workdir / "other.sock"
+    failed = subprocess.run(
+        [sys.executable, "-m", "tykworker", "serve", "--socket", str(other), "--tracing", "on"],
+        cwd=workdir,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert failed.returncode != 0
+    assert "tracing is on but opentelemetry.sdk" in failed.stderr
+    assert "pip install 'tykworker[tracing]'" in failed.stderr
+    assert not other.exists()
+
+
+def test_the_sdk_runs_in_each_worker_and_the_front_never_in_the_supervisor(start_server, receiver):
+    server = _start(start_server, receiver, "grpc", "--workers", "2")
+    _dispatch(server, "Traced", [("traceparent", TRACEPARENT)])
+    receiver.wait(lambda s: s.name == "Traced")
+    supervisor = psutil.Process(server.proc.pid)
+    assert supervisor.num_threads() == 1  # no export thread was ever started there
+    for pid in server.worker_pids():  # each worker started its own (BatchSpanProcessor)
+        assert psutil.Process(pid).num_threads() >= 2
+    spans = receiver.matching(lambda s: True)
+    assert {s.resource["process.pid"] for s in spans} <= server.worker_pids()

@@ -16,6 +16,11 @@ Observability (never on the call path unless enabled): the gRPC health service
 (health.py) on the same socket; with the ``metrics`` setting, per-call statistics kept in
 plain dicts and served for Prometheus (metrics.py). A worker announces a plugin error with
 a CONTROL frame before its reply; the front counts it (``Counters.errors``, metrics).
+Tracing (``tracing`` setting): a call whose server handed over its propagation headers
+(``Call.trace``) goes to its worker in a DISPATCH_TRACED/EVENT_TRACED frame
+(wire/tracecontext.py), the worker makes its span; a traced call answered here (timeout,
+crash, overload) gets its span from this process (front/tracing.py). Calls without a trace
+context cost one ``is None`` check more.
 
 Retirement: when the supervisor announces a new generation (``Generation``), workers of
 older ones are drained here (no new call, their connection closed once idle), whatever
