@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests import otlp
-from tests.integration.conftest import Server, make_object
+from tests.integration.conftest import Server, busy_with, make_object, wait_for
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 
 HERE = Path(__file__).resolve().parent
@@ -140,6 +140,35 @@ def test_a_timed_out_call_gets_its_span_from_the_front(start_server, receiver):
     assert span.attributes["tykworker.hook.type"] == "pre"
     assert span.status_code == 2
     assert span.end_ns - span.start_ns >= 0.5e9  # it lasted until the deadline
+
+
+def test_a_crashed_call_gets_its_span_from_the_front(start_server, receiver):
+    server = _start(start_server, receiver, "http/protobuf", "--workers", "1")
+    [pid] = server.worker_pids()
+    reply = _dispatch(server, "Crash", [("traceparent", TRACEPARENT)], hook_type="post")
+    assert reply.request.return_overrides.response_code == 502
+    [span] = receiver.wait(lambda s: s.name == "Crash")
+    assert (span.trace_id, span.parent_span_id) == (TRACE_ID, PARENT_ID)
+    assert span.resource["tykworker.role"] == "front"
+    assert span.attributes["tykworker.outcome"] == "crash"
+    assert span.attributes["tykworker.worker.pid"] == pid
+    assert span.attributes["tykworker.generation"] == 1
+    assert "tyk.api.id" not in span.attributes  # the front never parses the Object
+
+
+def test_an_overloaded_call_gets_its_span_from_the_front(start_server, receiver):
+    args = ("--workers", "1", "--queue-size", "0", "--hook-timeout", "2", "--graceful-timeout", "2")
+    server = _start(start_server, receiver, "grpc", *args)
+    method = server.channel.unary_unary("/coprocess.Dispatcher/Dispatch", None, None)
+    held = method.future(make_object("Hang").SerializeToString(), timeout=30)
+    wait_for(lambda: busy_with(server, "Hang"), what="the worker holding Hang")
+    reply = _dispatch(server, "Traced", [("traceparent", TRACEPARENT)])
+    assert reply.request.return_overrides.response_code == 503
+    [span] = receiver.wait(lambda s: s.name == "Traced")
+    assert span.attributes["tykworker.outcome"] == "overload"
+    assert "tykworker.worker.pid" not in span.attributes  # no worker ever held it
+    assert span.parent_span_id == PARENT_ID
+    held.cancel()
 
 
 class _Recorder(BaseHTTPRequestHandler):

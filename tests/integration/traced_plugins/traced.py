@@ -33,3 +33,9 @@ def Hang(request, session, spec):
 @Hook  # noqa: F405
 def Raise(request, session, spec):
     raise RuntimeError("plugin failure on purpose")
+
+
+@Hook  # noqa: F405
+def Crash(request, session, spec):
+    """The worker dies in the middle of the call: the front answers it (crash)."""
+    os._exit(9)
