@@ -12,16 +12,19 @@ Gateway keys (TykTechnologies/opentelemetry config, as read by the gateway):
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import otlp
 from tests.gateway.harness import Gateway, Upstream, api, gateway_conf, http
-from tests.integration.conftest import Server, wait_for
+from tests.integration.conftest import ROOT, Server, wait_for
 
 pytestmark = pytest.mark.gateway
 
@@ -57,6 +60,16 @@ TRACED = api(
 )
 
 
+def readme_block() -> dict[str, Any]:
+    """The gateway block of the README's Tracing section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Tracing (OpenTelemetry)") :]
+    section = section[: section.index("\n## ", 1)]
+    [block] = re.findall(r"```json\n(.*?)```", section, re.S)
+    found: dict[str, Any] = json.loads(block)
+    return found
+
+
 class TracedStack:
     """A receiver, tykworker exporting to it over gRPC, and a gateway exporting to it with
     ``propagation``."""
@@ -83,11 +96,10 @@ class TracedStack:
         (folder / "gw").mkdir()
         conf = gateway_conf(folder / "gw", self.server.socket, redis_url, upstream.url + "/")
         conf["opentelemetry"] = {
-            "enabled": True,
-            "exporter": "grpc",
+            **readme_block()["opentelemetry"],  # the README's, pointed at the receiver
             "endpoint": f"127.0.0.1:{self.receiver.grpc_port}",
             "context_propagation": propagation,
-            "span_processor_type": "simple",
+            "span_processor_type": "simple",  # each span exported when it ends
         }
         self.gateway = Gateway(binary, folder / "gw", conf).wait_up()
         TRACED["proxy"]["target_url"] = upstream.url + "/up/"
