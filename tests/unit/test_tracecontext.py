@@ -149,3 +149,16 @@ def test_extraction_understands_w3c_and_both_b3_forms():
     both = _parent({"traceparent": TRACEPARENT.decode(), "b3": f"{'a' * 32}-{'b' * 16}-1"})
     assert both == w3c  # W3C wins
     assert _parent({})[0] == "0" * 32  # no context: an invalid (root) parent
+
+
+def test_a_traced_frame_with_a_bad_prefix_is_still_served_once():
+    from tykworker.worker import tracing as worker_tracing
+
+    served: list[tuple[int, bytes]] = []
+    worker_tracing.run(FrameKind.DISPATCH_TRACED, b"\xff\xff", lambda k, p: served.append((k, p)))
+    assert served == [(FrameKind.DISPATCH, b"\xff\xff")]  # the runtime's bad-payload answer
+    carrier = tracecontext.carrier_of({b"traceparent": TRACEPARENT})
+    assert carrier is not None
+    good = tracecontext.prefix(carrier, 1.0, 2.0) + b"event"
+    worker_tracing.run(FrameKind.EVENT_TRACED, good, lambda k, p: served.append((k, p)))
+    assert served[1] == (FrameKind.EVENT, b"event")  # no tracer here: served as the plain call
