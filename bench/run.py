@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,14 @@ def start_baseline(tmp: Path, tag: str, threads: int) -> Server:
     return _spawn("baseline", argv, sock, None, tmp / f"base-{tag}.log")
 
 
-def start_tykworker(tmp: Path, tag: str, workers: int, raw: bool, extra: list[str]) -> Server:
+def start_tykworker(
+    tmp: Path,
+    tag: str,
+    workers: int,
+    raw: bool,
+    extra: list[str],
+    env: dict[str, str] | None = None,
+) -> Server:
     sock = tmp / f"tw-{tag}.sock"
     raw_sock = tmp / f"tw-{tag}.raw.sock" if raw else None
     events = tmp / "event_handlers"
@@ -170,12 +178,19 @@ def start_tykworker(tmp: Path, tag: str, workers: int, raw: bool, extra: list[st
     if raw_sock is not None:
         argv += ["--raw-socket", str(raw_sock)]
     argv += extra
-    return _spawn("tykworker", argv, sock, raw_sock, tmp / f"tw-{tag}.log")
+    return _spawn("tykworker", argv, sock, raw_sock, tmp / f"tw-{tag}.log", env)
 
 
-def _spawn(kind: str, argv: list[str], sock: Path, raw: Path | None, log_path: Path) -> Server:
+def _spawn(
+    kind: str,
+    argv: list[str],
+    sock: Path,
+    raw: Path | None,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     logfile = log_path.open("wb")
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.Popen(
@@ -295,6 +310,7 @@ def measure(
     conns: int = 1,
     expect: str | None = READY_EXPECT,
     duration: float | None = None,
+    trace: str = "",
 ) -> dict[str, Any]:
     duration = opts.duration if duration is None else duration
     target = server.target if mode == "grpc" else str(server.raw_socket)
@@ -316,6 +332,8 @@ def measure(
     ]
     if expect:
         args += ["-expect", expect]
+    if trace:
+        args += ["-trace", trace]
     before = cpu_snapshot(server)
     t0 = time.monotonic()
     res = loadgen(args, timeout=duration + opts.warmup + 60)
@@ -436,6 +454,99 @@ def run_reload(
         results["reload"] = res
 
 
+#: (label, tracing on in tykworker, trace context sent by the client)
+TRACING_VARIANTS = (
+    ("off, no context", False, False),
+    ("off, context sent", False, True),
+    ("on, no context", True, False),
+    ("on, context sent", True, True),
+)
+
+
+@contextmanager
+def span_sink() -> Iterator[str]:
+    """An OTLP http/protobuf endpoint that accepts every export and keeps nothing (in this
+    process: its CPU is not counted as the server's). Yields its base URL."""
+
+    class Sink(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_tracing(
+    opts: argparse.Namespace, tmp: Path, payloads: dict[str, Path], results: dict[str, Any]
+) -> None:
+    """Trivial hook, tracing off and on, calls with and without a W3C trace context (a new
+    one per call, as the gateway sends): the extra server CPU per call of tracing."""
+    with span_sink() as endpoint:
+        for label, on, sent in TRACING_VARIANTS:
+            env = {"TYKWORKER_TRACING": "off"}
+            if on:
+                env = {
+                    "TYKWORKER_TRACING": "on",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                }
+            tag = "tracing-" + label.replace(", ", "-").replace(" ", "-")
+            server = start_tykworker(tmp, tag, opts.workers, False, tykworker_args(opts), env)
+            with running(server, payloads["trivial"], opts.ready_timeout):
+                for c in opts.concurrency:
+                    log(f"tracing  {label:18s} C={c}")
+                    res = measure(server, payloads["trivial"], c, opts, trace="w3c" if sent else "")
+                    res.update(scenario="trivial-tracing", server="tykworker", tracing=label)
+                    results["runs"].append(res)
+
+
+def tracing_report(runs: list[dict[str, Any]]) -> list[str]:
+    """The tracing table (``--tracing``), CPU per call against tracing off without context."""
+    rows = [r for r in runs if r["scenario"] == "trivial-tracing"]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Tracing (trivial hook; W3C context per call; spans to a local OTLP sink)",
+        "",
+        "| tracing | C | calls/s | p50 µs | p99 µs | server CPU µs/call | by process "
+        "| CPU/call vs off |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        base = next(
+            (
+                b
+                for b in rows
+                if b["tracing"] == TRACING_VARIANTS[0][0] and b["concurrency"] == r["concurrency"]
+            ),
+            None,
+        )
+        off = base["server_cpu_us_per_call"] if base else None
+        ratio = _ratio(r["server_cpu_us_per_call"], off)
+        lines.append(
+            f"| {r['tracing']} | {r['concurrency']} | {_fmt(r['calls_per_s'])} "
+            f"| {_fmt(r['latency_us']['p50'])} | {_fmt(r['latency_us']['p99'])} "
+            f"| {_fmt(r['server_cpu_us_per_call'], 1)} | {_roles(r)} | {ratio} |"
+        )
+    return lines
+
+
 def mem_info(proc: psutil.Process) -> dict[str, float]:
     m = proc.memory_full_info()
     return {
@@ -529,7 +640,7 @@ def report(results: dict[str, Any]) -> str:
     seen: list[tuple[str, int]] = []
     for r in runs:
         key = (r["scenario"], r["concurrency"])
-        if key not in seen:
+        if key not in seen and r["scenario"] != "trivial-tracing":  # its own table
             seen.append(key)
     for scenario, c in seen:
         for r in runs:
@@ -554,6 +665,7 @@ def report(results: dict[str, Any]) -> str:
                 f"| {_fmt(lat['p99'])} | {failed} | {_fmt(r['server_cpu_us_per_call'])} "
                 f"| {_roles(r)} | {_fmt(r['client_cpu_pct'])}% | {ratio} | {cpu_ratio} |"
             )
+    lines += tracing_report(runs)
     rel = results.get("reload")
     if rel:
         lines += [
@@ -680,6 +792,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory runs")
     ap.add_argument("--reload-duration", type=float, help="seconds (quick 5, default 10)")
     ap.add_argument("--memory-workers", default="1,2,4", help="worker counts for memory")
+    ap.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run the trivial hook with tracing off/on, with and without a trace context",
+    )
     ap.add_argument("--idle-seconds", type=float, help="idle CPU sample (quick 1, default 3)")
     ap.add_argument(
         "--tw-args",
@@ -730,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": opts.warmup,
             "concurrency": opts.concurrency,
             "servers": opts.servers,
+            "tracing": opts.tracing,
             "fronts": opts.fronts,
         },
         "runs": [],
@@ -741,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
             run_scenarios(opts, tmp, payloads, results)
             if opts.reload and "tykworker" in opts.servers:
                 run_reload(opts, tmp, payloads, results)
+            if opts.tracing:
+                run_tracing(opts, tmp, payloads, results)
             if opts.memory:
                 run_memory(opts, tmp, payloads, results)
         finally:

@@ -218,6 +218,12 @@ class Settings:
     capture_every: int = _setting(1, "with capture: one call in N per worker", int)
     capture_max_files: int = _setting(1000, "with capture: stop after this many files", int)
     capture_max_mb: int = _setting(64, "with capture: the folder's files stay under this, MiB", int)
+    tracing: str = _setting(
+        "auto",
+        "OpenTelemetry spans per call: auto (on when OTEL_EXPORTER_OTLP_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set), on or off",
+        _parse_choice("auto", "on", "off"),
+    )
 
     @property
     def max_message_bytes(self) -> int:
@@ -537,6 +543,7 @@ RESTART_ONLY: Final = (
     "socket", "raw_socket", "socket_mode", "socket_group", "front", "max_message_mb",
     "metrics", "runtime_dir", "user", "group", "max_connections", "preface_timeout",
     "idle_timeout", "body_timeout", "connection_buffer_mb", "total_buffer_mb", "reload",
+    "tracing",
 )  # fmt: skip
 
 

@@ -28,7 +28,9 @@ package main
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -47,6 +49,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -191,6 +194,7 @@ type config struct {
 	expect    []byte
 	maxMsg    int
 	frameKind int
+	trace     string // "", "w3c" or "b3": a new trace context in each call's metadata
 }
 
 type workerStats struct {
@@ -266,11 +270,26 @@ func grpcCall(cc *grpc.ClientConn, cfg *config, rep *reply) string {
 		ctx, cancel = context.WithTimeout(ctx, cfg.timeout)
 		defer cancel()
 	}
+	if cfg.trace != "" {
+		ctx = withTrace(ctx, cfg.trace)
+	}
 	rep.n, rep.ok = 0, false
 	if err := cc.Invoke(ctx, cfg.method, &cfg.payload, rep); err != nil {
 		return status.Code(err).String()
 	}
 	return ""
+}
+
+// withTrace adds a fresh trace context, as a traced gateway sends with every call (new ids
+// each time, so the header block is never the same twice).
+func withTrace(ctx context.Context, format string) context.Context {
+	var ids [24]byte
+	_, _ = crand.Read(ids[:])
+	traceID, spanID := hex.EncodeToString(ids[:16]), hex.EncodeToString(ids[16:])
+	if format == "b3" {
+		return metadata.AppendToOutgoingContext(ctx, "b3", traceID+"-"+spanID+"-1")
+	}
+	return metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+traceID+"-"+spanID+"-01")
 }
 
 func probe(cfg *config, wait time.Duration) int {
@@ -597,6 +616,7 @@ func main() {
 	flag.DurationVar(&wait, "wait", 0, "probe: retry one call until it succeeds or this passes")
 	flag.IntVar(&maxMsgMB, "max-msg-mb", 64, "MaxCallRecvMsgSize/MaxCallSendMsgSize, MiB")
 	flag.IntVar(&cfg.frameKind, "frame-kind", 1, "raw mode: frame kind (1=DISPATCH, 2=EVENT)")
+	flag.StringVar(&cfg.trace, "trace", "", "grpc mode: w3c or b3 trace context per call")
 	flag.IntVar(&procs, "procs", 0, "GOMAXPROCS (0 = Go's default)")
 	flag.StringVar(&serve, "serve", "", "run a gRPC echo server on this Unix socket")
 	flag.StringVar(&serveRaw, "serve-raw", "", "run a raw-frame echo server on this socket")

@@ -11,7 +11,8 @@ function (a lazy import still runs in that process), except under ``if TYPE_CHEC
 * ``front/h2/`` never imports asyncio or socket (sans-IO);
 * ``front/router.py`` imports no generated protobuf module and does no I/O;
 * ``wire/`` and ``system/`` import no role package; ``wire/`` no asyncio or socket;
-* shared modules (``config``, ``errors``, ``logs``, ``store``) import no role package;
+* shared modules (``config``, ``errors``, ``logs``, ``store``, ``tracing``) import no role
+  package;
 * ``worker/`` never imports ``front/``, ``supervisor/`` or ``cli/``;
 * ``testing/`` (the plugin authors' test kit) runs in the test process, like ``cli/``: it
   never imports ``front/`` or ``supervisor/`` (a real server is a child process), and no
@@ -150,6 +151,7 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
         "tykworker.errors": ROLE_PACKAGES,
         "tykworker.logs": ROLE_PACKAGES,
         "tykworker.store": ROLE_PACKAGES,
+        "tykworker.tracing": ROLE_PACKAGES,
     },
 }
 

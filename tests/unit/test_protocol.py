@@ -279,7 +279,7 @@ def assert_stays_broken(decoder: FrameDecoder) -> None:
         (raw_header(version=0), "version"),
         (raw_header(version=2), "version"),
         (raw_header(kind=0), "kind"),
-        (raw_header(kind=5), "kind"),
+        (raw_header(kind=7), "kind"),
         (raw_header(kind=255), "kind"),
         (raw_header(length=DEFAULT_MAX_PAYLOAD + 1), "limit"),
         (raw_header(length=2**32 - 1), "limit"),

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tykworker import __version__, logs
+from tykworker import __version__, logs, tracing
 from tykworker.config import Settings, add_setting_flags, load_settings, unknown_env
 from tykworker.errors import ConfigError, ExitCode
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
@@ -93,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     for warning in unknown_env(os.environ):
         log.warning("%s", warning)
+    if tracing.check(settings.tracing, os.environ):  # the SDK starts in each child, after fork
+        log.info("tracing on: spans %s", tracing.describe(os.environ))
     from tykworker.supervisor.process import serve
 
     return serve(settings, lambda: _settings(args), CHILDREN)

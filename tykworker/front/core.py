@@ -16,6 +16,11 @@ Observability (never on the call path unless enabled): the gRPC health service
 (health.py) on the same socket; with the ``metrics`` setting, per-call statistics kept in
 plain dicts and served for Prometheus (metrics.py). A worker announces a plugin error with
 a CONTROL frame before its reply; the front counts it (``Counters.errors``, metrics).
+Tracing (``tracing`` setting): a call whose server handed over its propagation headers
+(``Call.trace``) goes to its worker in a DISPATCH_TRACED/EVENT_TRACED frame
+(wire/tracecontext.py), the worker makes its span; a traced call answered here (timeout,
+crash, overload) gets its span from this process (front/tracing.py). Calls without a trace
+context cost one ``is None`` check more.
 
 Retirement: when the supervisor announces a new generation (``Generation``), workers of
 older ones are drained here (no new call, their connection closed once idle), whatever
@@ -58,8 +63,9 @@ from tykworker.front.router import (
     Lane,
     Router,
 )
+from tykworker.front.tracing import FrontTracer
 from tykworker.system import proctitle, sockets
-from tykworker.wire import answers, control
+from tykworker.wire import answers, control, tracecontext
 from tykworker.wire.frames import (
     DIRECT_FROM,
     Frame,
@@ -132,14 +138,22 @@ class Front:
         self.stats: CallStats | None = None  # set when the metrics endpoint is on
         self.generation = 1  # the pool's current one, told by the supervisor
         self.parent = os.getppid()  # the supervisor; another parent: it is gone
+        self.tracer: FrontTracer | None = None  # set in ``serve`` when tracing is on
 
     # --- calls ----------------------------------------------------------------------
     def submit(
-        self, kind: FrameKind, payload: Payload, deadline: float | None, respond: Respond
+        self,
+        kind: FrameKind,
+        payload: Payload,
+        deadline: float | None,
+        respond: Respond,
+        trace: bytes | None = None,
     ) -> None:
         """Route one call; ``respond`` is called exactly once with its answer, perhaps
         before this returns (overload). ``deadline``: the client's own, in seconds from now
-        (``grpc-timeout``); the shorter of it and the hook type's wins.
+        (``grpc-timeout``); the shorter of it and the hook type's wins. ``trace``: the
+        call's propagation headers (a ``wire.tracecontext`` carrier; None without tracing
+        or without a trace context), sent to its worker in a traced frame.
 
         The deadline timer stays armed until the router is done with the call, even if the
         client goes away: a worker hanging on it must still be detected and killed."""
@@ -147,7 +161,9 @@ class Front:
             hook_type, hook_name = peek_object_header(payload)
         else:
             hook_type, hook_name = 0, ""
-        call = Call(next(self.ids), kind, payload, hook_type, hook_name, time.monotonic())
+        call = Call(
+            next(self.ids), kind, payload, hook_type, hook_name, time.monotonic(), trace=trace
+        )
         pending = _Pending(respond)
         self.pending[call.call_id] = pending
         self.counters.calls += 1
@@ -161,7 +177,11 @@ class Front:
         return self._loop
 
     async def call(
-        self, kind: FrameKind, payload: Payload, deadline: float | None = None
+        self,
+        kind: FrameKind,
+        payload: Payload,
+        deadline: float | None = None,
+        trace: bytes | None = None,
     ) -> Payload:
         """``submit`` for coroutine callers (grpcio). Cancelling the awaiting task drops
         the answer, not the call."""
@@ -171,7 +191,7 @@ class Front:
             if not future.done():
                 future.set_result(reply)
 
-        self.submit(kind, payload, deadline, respond)
+        self.submit(kind, payload, deadline, respond, trace)
         return await future
 
     def _expire(self, call_id: int) -> None:
@@ -206,7 +226,10 @@ class Front:
         the front's main per-call costs."""
         if self.stats is not None:
             self.stats.observe_queue_wait(time.monotonic() - call.arrived_at)
-        header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
+        if call.trace is None:
+            header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
+        else:
+            header = _traced_header(call)
         parts = self.outbox.get(conn_id)
         if parts is None:
             parts = self.outbox[conn_id] = []
@@ -269,6 +292,9 @@ class Front:
                 "elapsed": round(time.monotonic() - call.arrived_at, 6),
             },
         )
+        if call.trace is not None and self.tracer is not None:
+            worker = (member.pid, member.generation) if member else None
+            self.tracer.answered(call, hook, reason.code, worker, time.monotonic())
         if reason is Reason.TIMEOUT and pid is not None:
             self.health.notify()  # that worker is lost
             elapsed = time.monotonic() - call.arrived_at
@@ -426,6 +452,14 @@ class Front:
         return servers
 
     async def serve(self) -> None:
+        self.tracer = FrontTracer.start(self.settings.tracing)  # in this process, after fork
+        try:
+            await self._serve()
+        finally:
+            if self.tracer is not None:
+                self.tracer.close()
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         for signum in (signal.SIGQUIT, signal.SIGINT):
@@ -595,6 +629,16 @@ def _peer_pid(link: asyncio.BaseTransport) -> int | None:
         return None
     pid: int = _UCRED.unpack(creds)[0]
     return pid
+
+
+def _traced_header(call: Call) -> bytes:
+    """Frame header and trace context prefix of a traced call (wire/tracecontext.py), the
+    instant it is written to a worker recorded as its ``sent_at``."""
+    assert call.trace is not None
+    call.sent_at = time.monotonic()
+    prefix = tracecontext.prefix(call.trace, call.arrived_at, call.sent_at)
+    kind = FrameKind.DISPATCH_TRACED if call.kind == FrameKind.DISPATCH else FrameKind.EVENT_TRACED
+    return encode_header(kind, call.call_id, len(prefix) + len(call.payload)) + prefix
 
 
 def _type_name(call: Call) -> str:

@@ -14,23 +14,36 @@ from typing import Any
 
 import grpc
 
+from tykworker import tracing
 from tykworker.config import Settings, parse_address
 from tykworker.front.health import SERVICE as HEALTH_SERVICE
 from tykworker.front.health import Health, ServingStatus, encode_response, service_of
 from tykworker.system import sockets
+from tykworker.wire import tracecontext
 from tykworker.wire.frames import FrameKind, Payload
 
 SERVICE = "coprocess.Dispatcher"
-Call = Callable[[FrameKind, Payload, "float | None"], Awaitable[Payload]]
+#: call(kind, payload, deadline, trace): ``trace`` is the call's propagation headers
+Call = Callable[[FrameKind, Payload, "float | None", "bytes | None"], Awaitable[Payload]]
 
 
-def _handlers(call: Call) -> grpc.GenericRpcHandler[bytes, bytes]:
+def _handlers(call: Call, trace: bool = False) -> grpc.GenericRpcHandler[bytes, bytes]:
+    """Dispatch and DispatchEvent; with ``trace`` (tracing on), each call's propagation
+    headers from its invocation metadata go with it (wire/tracecontext.py)."""
+
     def unary(kind: FrameKind) -> grpc.RpcMethodHandler[bytes, bytes]:
         async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            reply = await call(kind, request, context.time_remaining())
+            reply = await call(kind, request, context.time_remaining(), None)
             return reply if isinstance(reply, bytes) else bytes(reply)  # grpcio takes bytes
 
-        return grpc.unary_unary_rpc_method_handler(handle)
+        async def handle_traced(
+            request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> bytes:
+            carrier = tracecontext.carrier_of_pairs(context.invocation_metadata() or ())
+            reply = await call(kind, request, context.time_remaining(), carrier)
+            return reply if isinstance(reply, bytes) else bytes(reply)
+
+        return grpc.unary_unary_rpc_method_handler(handle_traced if trace else handle)
 
     return grpc.method_handlers_generic_handler(
         SERVICE, {"Dispatch": unary(FrameKind.DISPATCH), "DispatchEvent": unary(FrameKind.EVENT)}
@@ -69,7 +82,8 @@ async def start_grpcio(call: Call, settings: Settings, health: Health) -> tuple[
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((_handlers(call), _health_handlers(health)))
+    trace = tracing.enabled(settings.tracing, os.environ)
+    server.add_generic_rpc_handlers((_handlers(call, trace), _health_handlers(health)))
     kind, address = parse_address(settings.socket)
     if kind != "unix":
         server.add_insecure_port(address)

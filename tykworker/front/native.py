@@ -29,11 +29,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from tykworker import tracing
 from tykworker.config import Settings, parse_address
 from tykworker.front import health as health_service
 from tykworker.front.guard import Guard
@@ -47,8 +49,11 @@ from tykworker.wire.frames import FrameKind, Payload
 
 log = logging.getLogger("tykworker.front")
 
-#: submit(kind, payload, deadline, respond): route one call; ``respond`` gets its answer.
-Handler = Callable[[FrameKind, Payload, "float | None", Callable[[Payload], None]], None]
+#: submit(kind, payload, deadline, respond, trace): route one call; ``respond`` gets its
+#: answer; ``trace``: the call's propagation headers (tracing on), else None.
+Handler = Callable[
+    [FrameKind, Payload, "float | None", Callable[[Payload], None], "bytes | None"], None
+]
 
 
 class H2Protocol(asyncio.Protocol):
@@ -163,6 +168,7 @@ class H2Protocol(asyncio.Protocol):
             event.payload,
             event.timeout,
             functools.partial(self._answered, event.stream_id, size),
+            event.trace,
         )
         if self.inflight_bytes > self.server.limits_buffer:
             self._update_reading()
@@ -339,7 +345,9 @@ async def start_native(
     Unix listener ``sock`` bound for it by the supervisor, and serve.
     ``health`` serves ``grpc.health.v1.Health`` (Check and Watch) on the same socket."""
     limits = Limits(
-        max_message=settings.max_message_bytes, connection_buffer=settings.connection_buffer_bytes
+        max_message=settings.max_message_bytes,
+        connection_buffer=settings.connection_buffer_bytes,
+        trace_context=tracing.enabled(settings.tracing, os.environ),
     )
     buffer_limit = 2 * settings.max_message_bytes
     server = NativeServer(handler, limits, buffer_limit, health, Guard.shared(settings))

@@ -51,6 +51,8 @@ class Call:
     hook_name: str = ""
     arrived_at: float = 0.0  # monotonic seconds
     deadline: float = math.inf  # set by ``Router.submit``
+    trace: bytes | None = None  # the propagation headers (wire.tracecontext carrier), if any
+    sent_at: float = 0.0  # traced calls: when last written to a worker (monotonic)
 
 
 def deadline_of(arrived_at: float, hook_timeout: float, client_timeout: float | None) -> float:

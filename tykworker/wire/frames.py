@@ -11,7 +11,8 @@ Frame layout (all integers big-endian), 16-byte header then payload::
     16      len   payload
 
 Payloads of DISPATCH/EVENT/REPLY are protobuf bytes passed through untouched
-(``coprocess.Object``, ``coprocess.Event``, ``coprocess.Object``/``EventReply``). Control
+(``coprocess.Object``, ``coprocess.Event``, ``coprocess.Object``/``EventReply``);
+DISPATCH_TRACED/EVENT_TRACED put a trace context prefix before them (tracecontext.py). Control
 payloads (HELLO, DRAIN, STATUS...) are msgpack maps.
 
 Invariants (h11-style):
@@ -54,6 +55,10 @@ class FrameKind(enum.IntEnum):
     EVENT = 2  # payload: coprocess.Event
     REPLY = 3  # payload: coprocess.Object (Dispatch) or coprocess.EventReply (Event)
     ERROR = 4  # payload: UTF-8 text; raw socket only, for frames that cannot be served
+    # Bridge only (front -> worker), for calls that carry a trace context: payload is the
+    # wire.tracecontext prefix, then the same bytes as DISPATCH/EVENT.
+    DISPATCH_TRACED = 5
+    EVENT_TRACED = 6
     HELLO = 10  # worker -> front: msgpack {pid, generation, index}; worker is READY
     DRAIN = 11  # worker -> front: send me no more calls, close when my call is done
     CONTROL = 12  # msgpack map: status pipe to the supervisor; worker -> front "failed"

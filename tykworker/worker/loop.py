@@ -58,6 +58,7 @@ from tykworker.wire.frames import (
 )
 from tykworker.wire.handoff import WorkerSpec
 from tykworker.wire.scoreboard import Scoreboard, SlotState
+from tykworker.worker import tracing
 from tykworker.worker.dispatch import oversized_reply
 
 log = logging.getLogger("tykworker.worker")
@@ -239,6 +240,11 @@ class Worker:
             hook, run = peek_object_header(payload)[1], runtime.dispatch
         elif kind == FrameKind.EVENT:
             hook, run = "event", runtime.dispatch_event
+        elif kind in tracing.PLAIN:  # the same call with a trace context (worker/tracing.py)
+            tracing.run(
+                kind, payload, lambda plain, obj: self._handle(runtime, plain, call_id, obj)
+            )
+            return
         else:
             log.warning("unexpected %s frame on the bridge", kind)
             return
@@ -340,4 +346,8 @@ def _send_all(sock: socket.socket, parts: list[bytes]) -> None:
 def run_worker(settings: Settings, spec: WorkerSpec) -> int:
     """Entry point in the forked child; returns the exit code."""
     proctitle.set(f"worker {spec.seat} gen {spec.generation} starting")
-    return Worker(settings, spec).run()
+    tracing.start(settings, spec.generation)  # here, after fork, before plugins import
+    try:
+        return Worker(settings, spec).run()
+    finally:
+        tracing.stop()

@@ -67,7 +67,9 @@ class H2Connection(StreamTable):
         pool: BufferPool | None = None,
     ) -> None:
         super().__init__(limits, clock, pool)
-        self._decoder = HeaderDecoder(limits.max_header_list, limits.hard_header_list)
+        self._decoder = HeaderDecoder(
+            limits.max_header_list, limits.hard_header_list, limits.trace_context
+        )
         self._events: list[CallEvent] = []
         self._pending: list[bytes] = []
         self._pending_len = 0
@@ -312,7 +314,9 @@ class H2Connection(StreamTable):
             self._answer_status(stream, Status.INTERNAL, f"request ended with {what}")
             return
         stream.dispatched = head.health != "Watch"  # a Watch is not a call of the router
-        event = CallEvent(stream.stream_id, head.kind, message, head.timeout, head.health)
+        event = CallEvent(
+            stream.stream_id, head.kind, message, head.timeout, head.health, head.trace
+        )
         self._events.append(event)
 
     # --- HEADERS and CONTINUATION ---------------------------------------------------------

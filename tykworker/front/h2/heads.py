@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import hpack
 
+from tykworker.wire import tracecontext
 from tykworker.wire.frames import FrameKind
 
 SERVICE_PREFIX: Final = b"/coprocess.Dispatcher/"
@@ -90,13 +91,15 @@ class RequestHead:
     content_length: int | None = None
     refusal: Refusal | None = None
     malformed: str | None = None
+    trace: bytes | None = None  # propagation headers (wire.tracecontext carrier), if wanted
 
 
 class HeaderDecoder:
     """HPACK decoder of one connection plus the decoded-block cache (see invariants)."""
 
-    def __init__(self, max_header_list: int, hard_limit: int) -> None:
+    def __init__(self, max_header_list: int, hard_limit: int, trace: bool = False) -> None:
         self.max_header_list = max_header_list
+        self.trace = trace  # collect propagation headers (tracing on)
         self._decoder = hpack.Decoder(max_header_list_size=hard_limit)
         self._cache: dict[bytes, RequestHead] = {}
         self.cache_bytes = 0
@@ -131,7 +134,7 @@ class HeaderDecoder:
         if head is not None:
             return head
         headers: list[tuple[bytes, bytes]] = list(self._decoder.decode(block, raw=True))
-        head = parse_request(headers, self.max_header_list)
+        head = parse_request(headers, self.max_header_list, self.trace)
         if self._table_changed():
             self._clear()
         elif len(self._cache) < CACHE_ENTRIES:
@@ -182,8 +185,11 @@ def _split(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], dict
     return pseudo, regular
 
 
-def parse_request(headers: list[tuple[bytes, bytes]], max_header_list: int) -> RequestHead:
-    """Validate a request header list as HTTP/2 and then as unary gRPC."""
+def parse_request(
+    headers: list[tuple[bytes, bytes]], max_header_list: int, trace: bool = False
+) -> RequestHead:
+    """Validate a request header list as HTTP/2 and then as unary gRPC; with ``trace``,
+    the head carries the call's propagation headers (``RequestHead.trace``)."""
     try:
         pseudo, regular = _split(headers)
         length = regular.get(b"content-length")
@@ -213,7 +219,8 @@ def parse_request(headers: list[tuple[bytes, bytes]], max_header_list: int) -> R
         timeout = parse_timeout(regular[b"grpc-timeout"])
         if timeout is None:
             return _refused(content_length, 200, Status.INTERNAL, "malformed grpc-timeout")
-    return RequestHead(kind, health, timeout, content_length)
+    carrier = tracecontext.carrier_of(regular) if trace and kind is not None else None
+    return RequestHead(kind, health, timeout, content_length, trace=carrier)
 
 
 def _refused(

@@ -48,6 +48,8 @@ class Limits:
     #: bytes held for one connection: incomplete request messages + answers held by flow
     #: control (the ``connection_buffer_mb`` setting); at least one whole message
     connection_buffer: int = 128 * 1024 * 1024
+    #: hand each call's propagation headers to the driver (``CallEvent.trace``; tracing on)
+    trace_context: bool = False
 
     @property
     def stream_window(self) -> int:
@@ -80,6 +82,7 @@ class CallEvent:
     payload: bytes | bytearray
     timeout: float | None
     health: str = ""  # "Check" or "Watch" (grpc.health.v1.Health) when ``kind`` is None
+    trace: bytes | None = None  # the propagation headers (``Limits.trace_context``), if any
 
 
 # How a stream closed; remembered for a while to judge frames that arrive late.
