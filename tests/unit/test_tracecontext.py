@@ -154,7 +154,7 @@ def test_extraction_understands_w3c_and_both_b3_forms():
 def test_a_traced_frame_with_a_bad_prefix_is_still_served_once():
     from tykworker.worker import tracing as worker_tracing
 
-    served: list[tuple[int, bytes]] = []
+    served: list[tuple[int, bytes | bytearray]] = []
     worker_tracing.run(FrameKind.DISPATCH_TRACED, b"\xff\xff", lambda k, p: served.append((k, p)))
     assert served == [(FrameKind.DISPATCH, b"\xff\xff")]  # the runtime's bad-payload answer
     carrier = tracecontext.carrier_of({b"traceparent": TRACEPARENT})
