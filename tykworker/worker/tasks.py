@@ -1,0 +1,125 @@
+"""A worker's async calls: its event loop, the tasks in flight, their cancellation.
+
+Runs in workers only. The worker loop (loop.py) hands over a call whose hook is an
+``async def`` as a ``dispatch.Pending`` reply; ``Tasks.start`` runs it as an asyncio task
+of the worker's own event loop (created on first use: a worker without async hooks never
+has one), and ``complete`` (the worker's) frames the reply when the task ends. Sync hooks
+still run inline, one at a time, from the loop's read callback.
+
+Invariants:
+* Every call started here ends in exactly one of: ``complete`` called with its reply
+  (the task returned), or ``cancel`` (the front's ``Cancel``: the call was answered at
+  its deadline; the task is cancelled, the hook sees ``CancelledError``, and whatever it
+  returns afterwards is dropped). Each call has its own ``logs.ActiveCall`` record, set in
+  its task's context (``logs.task_call``).
+* ``live`` holds the tasks still running (cancelled ones until they finish), so a drain
+  or a stop can wait for them; ``close`` cancels what is left and closes the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from tykworker import logs
+from tykworker.worker.dispatch import Pending
+
+log = logging.getLogger("tykworker.worker")
+
+#: ``complete(kind, call_id, record, payload, reply)``: frame the reply of a finished call.
+Complete = Callable[[int, int, logs.ActiveCall, bytes, bytes], None]
+
+
+@dataclass(slots=True)
+class Running:
+    """One async call in flight."""
+
+    task: asyncio.Task[None]
+    hook: str
+    started_at: float  # time.time(), for the scoreboard
+
+
+class Tasks:
+    def __init__(self, complete: Complete) -> None:
+        self.complete = complete
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.live: dict[int, Running] = {}  # call id -> its task, oldest first
+        self.cancelled: set[int] = set()  # cancelled, still running
+        self.background: set[asyncio.Task[None]] = set()  # trigger_event of async handlers
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop (the standard one: uvloop would take over the signal
+        wake-up descriptor the worker's signal handling relies on)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    @property
+    def busy(self) -> bool:
+        """Some task is running or scheduled."""
+        return bool(self.live or self.background)
+
+    def start(
+        self, kind: int, call_id: int, record: logs.ActiveCall, payload: bytes, pending: Pending
+    ) -> None:
+        """Run ``pending`` (the reply of call ``call_id``) as a task."""
+        task = self.loop().create_task(self._run(kind, call_id, record, payload, pending))
+        self.live[call_id] = Running(task, record.hook, time.time())
+
+    async def _run(
+        self, kind: int, call_id: int, record: logs.ActiveCall, payload: bytes, pending: Pending
+    ) -> None:
+        logs.task_call.set(record)
+        try:
+            reply = await pending
+        except asyncio.CancelledError:
+            return
+        finally:
+            self.live.pop(call_id, None)
+        if call_id in self.cancelled:  # the hook caught the cancellation: too late anyway
+            self.cancelled.discard(call_id)
+            return
+        self.complete(kind, call_id, record, payload, reply)
+
+    def cancel(self, call_id: int) -> bool:
+        """Cancel call ``call_id``'s task; False if it is not running (it replied)."""
+        running = self.live.get(call_id)
+        if running is None or call_id in self.cancelled:
+            return False
+        self.cancelled.add(call_id)
+        running.task.cancel()
+        return True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` (an async ``@Event`` handler a hook triggered) in the background."""
+        task = self.loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def oldest(self) -> Running | None:
+        return next(iter(self.live.values()), None)
+
+    def cancel_all(self, grace: float) -> None:
+        """Cancel the tasks left (their calls were answered, or the front is gone) and
+        give them ``grace`` seconds to finish. The loop must not be running."""
+        loop = self._loop
+        left = [r.task for r in self.live.values()] + list(self.background)
+        if loop is None or not left:
+            return
+        for task in left:
+            task.cancel()
+        try:
+            loop.run_until_complete(asyncio.wait(left, timeout=grace))
+        except Exception:  # a hook that misbehaves while cancelled
+            log.exception("async calls failed while cancelled")
+
+    def close(self) -> None:
+        """``cancel_all`` once more, then close the loop."""
+        self.cancel_all(grace=1.0)
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
