@@ -6,10 +6,14 @@ in-flight counts of ``tykworker status`` and the metrics."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
+import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import pytest
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.wire.reasons import Reason
 
-from .conftest import HERE, Server, make_object, wait_for
+from .conftest import HERE, ROOT, Server, make_object, wait_for
 from .test_observability import scrape_unix, value
 
 pytestmark = pytest.mark.integration
@@ -271,3 +275,50 @@ def test_grpc_deadline_of_the_client_cancels_the_async_call(start_server, workdi
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(lambda: mark.exists(), what="cancelled at the client's deadline")
+
+
+class _Introspection(http.server.BaseHTTPRequestHandler):
+    """An OAuth2 introspection endpoint: the token ``good`` is active."""
+
+    tokens: list[str] = []
+
+    def do_POST(self) -> None:
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        token = form.get("token", [""])[0]
+        self.tokens.append(token)
+        body = json.dumps({"active": token == "good"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_readme_http_client_example_serves_with_one_session_per_worker(
+    start_server, workdir: Path
+):
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"```python\n(# middleware/introspect\.py.*?)```", readme, re.S)
+    assert match, "the README's lifecycle example"
+    plugins = workdir / "plugins"
+    plugins.mkdir()
+    (plugins / "introspect.py").write_text(match.group(1))
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Introspection)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{endpoint.server_address[1]}/introspect"
+        server = start_server("--workers", "2", plugins=plugins, env={"INTROSPECT_URL": url})
+        good = server.dispatch("Introspect", "auth", headers={"Authorization": "good"})
+        assert good.session.metadata["token"] == "good"
+        bad = server.dispatch("Introspect", "auth", headers={"Authorization": "bad"})
+        assert bad.request.return_overrides.response_code == 403
+        assert _Introspection.tokens == ["good", "bad"]
+        assert server.stop() == 0
+        assert "Unclosed client session" not in server.log()
+        assert "OnStop" not in server.log()  # close_http ran without an error
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
