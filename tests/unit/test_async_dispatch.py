@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,11 @@ async def Stored(request, session, spec):
     request.add_header("X-Value", (await tyk.get_data_async("k")).decode())
     request.add_header("X-Sync", tyk.get_data("k").decode())
     return request, session
+
+@Event
+async def AsyncEv(event, spec):
+    await asyncio.sleep(0)
+    EVENTS.append("event:" + event.message["Meta"]["Message"])
 
 @OnStart
 async def opened():
@@ -112,7 +118,7 @@ def test_interleaved_async_calls_each_import_from_their_own_bundle(runtime: Runt
 
     replies = [parse(r) for r in asyncio.run(both())]
     assert [r.request.set_headers["X-Helper"] for r in replies] == ["alpha", "beta", "alpha"]
-    assert runtime.async_hooks() == ("Fails", "Forever", "Lazy", "Stored")
+    assert runtime.async_hooks() == ("Fails", "Forever", "Lazy", "Stored")  # not events
 
 
 def test_a_failing_async_hook_gets_the_hook_error_answer_in_its_own_record(
@@ -172,3 +178,14 @@ def test_a_failing_on_start_hook_is_a_plugin_load_error(tmp_path: Path) -> None:
             lifecycle.start(rt.lifecycle, asyncio.new_event_loop)
     finally:
         rt.close()
+
+
+def test_trigger_event_starts_an_async_handler_as_a_task(runtime: Runtime) -> None:
+    spawned: list[Coroutine[Any, Any, None]] = []
+    assert runtime.trigger_event("AsyncEv", "x") == 0  # no loop to run it: not run
+    runtime.spawn = spawned.append
+    assert runtime.trigger_event("AsyncEv", "hello") == 1
+    assert _events(runtime) == []  # started, not awaited
+    (coro,) = spawned
+    asyncio.run(coro)
+    assert _events(runtime) == ["event:hello"]

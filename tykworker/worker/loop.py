@@ -40,7 +40,6 @@ parsing the Object; an EVENT call's REPLY is preceded by ``{"op": "handler", "na
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -256,61 +255,32 @@ class Worker:
         decoder: FrameDecoder,
         buffer: bytearray,
     ) -> int:
-        """``_serve`` on the worker's event loop: the bridge and the signal wake-up are its
-        readers; sync calls run inline in the bridge callback, async ones as tasks. Plugin
-        code may run whenever the loop does, so a fast stop exits at once from now on."""
-        loop = self.tasks.loop()
-        done: asyncio.Future[int] = loop.create_future()
+        """``_serve`` on the worker's event loop (``Tasks.serve``): sync calls run inline
+        in the bridge's read callback, async ones as tasks. Plugin code may run whenever
+        the loop does, so a fast stop exits at once from now on."""
         view = memoryview(buffer)
         self.bridge = bridge
         signals.busy = True
 
-        def finish(code: int) -> None:
-            if not done.done():
-                done.set_result(code)
-
-        def on_bridge() -> None:
-            try:
-                size = bridge.recv_into(buffer)
-            except BlockingIOError:
-                return
-            except OSError:
-                size = 0
-            if not size:
-                finish(ExitCode.OK)  # front closed: drained, or front gone
-                return
+        def on_data(size: int) -> int | None:
             try:
                 decoder.feed(view[:size])
                 self._run_batch(bridge, runtime, decoder)
             except ProtocolError as exc:
                 log.error("bridge protocol error: %s", exc)
-                finish(ExitCode.ERROR)
+                return ExitCode.ERROR
+            return None
 
-        def on_wake() -> None:
-            with contextlib.suppress(BlockingIOError):
-                signals.wake_r.recv(512)
+        def on_wake() -> int | None:
             if signals.quit:
-                finish(ExitCode.OK)
-            elif signals.drain and not self.draining:
+                return ExitCode.OK
+            if signals.drain and not self.draining:
                 self._start_drain("SIGTERM")
                 self._flush(bridge)
+            return None
 
-        def watch_parent() -> None:
-            if os.getppid() != self.parent:
-                log.warning("supervisor went away; exiting")
-                finish(ExitCode.OK)
-            else:
-                loop.call_later(5.0, watch_parent)
-
-        loop.add_reader(bridge.fileno(), on_bridge)
-        loop.add_reader(signals.wake_r.fileno(), on_wake)
-        loop.call_later(5.0, watch_parent)
         self._flush_tasks()  # what the batch that started the first task made
-        try:
-            return loop.run_until_complete(done)
-        finally:
-            loop.remove_reader(bridge.fileno())
-            loop.remove_reader(signals.wake_r.fileno())
+        return self.tasks.serve(bridge, buffer, signals.wake_r, on_data, on_wake, self.parent)
 
     def _run_batch(self, bridge: socket.socket, runtime: _Runtime, decoder: FrameDecoder) -> None:
         """Run every call whose frame is complete, in order: under load the front sends
@@ -412,6 +382,11 @@ class Worker:
         if isinstance(message, control.Cancel) and self.tasks.cancel(call_id):
             log.info("async call %d cancelled at its deadline", call_id)
             self.out.append(encode_header(FrameKind.REPLY, call_id, 0))
+            # Hooks that go on after their cancellation hold memory the front no longer
+            # counts: past a worker's worth of them, it is replaced.
+            stale = len(self.tasks.cancelled)
+            if stale >= self.settings.async_concurrency and not self.draining:
+                self._start_drain(f"{stale} cancelled async calls still running")
 
     def _doing(self) -> str:
         """The title's last words between calls."""

@@ -12,6 +12,8 @@ Invariants:
   its deadline; the task is cancelled, the hook sees ``CancelledError``, and whatever it
   returns afterwards is dropped). Each call has its own ``logs.ActiveCall`` record, set in
   its task's context (``logs.task_call``).
+* ``serve`` runs the loop with the bridge and the signal wake-up as its readers until the
+  front closes the bridge, a callback returns an exit code, or the parent changes.
 * ``live`` holds the tasks still running (cancelled ones until they finish), so a drain
   or a stop can wait for them; ``close`` cancels what is left and closes the loop.
 """
@@ -19,7 +21,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -74,16 +79,66 @@ class Tasks:
         self, kind: int, call_id: int, record: logs.ActiveCall, payload: bytes, pending: Pending
     ) -> None:
         logs.task_call.set(record)
+        reply: bytes | None = None
         try:
             reply = await pending
         except asyncio.CancelledError:
-            return
+            pass  # the front's cancel (answered already), or the worker's exit
         finally:
             self.live.pop(call_id, None)
-        if call_id in self.cancelled:  # the hook caught the cancellation: too late anyway
+        if call_id in self.cancelled:  # whatever the hook did then, it is too late
             self.cancelled.discard(call_id)
-            return
-        self.complete(kind, call_id, record, payload, reply)
+        elif reply is not None:
+            self.complete(kind, call_id, record, payload, reply)
+
+    def serve(
+        self,
+        bridge: socket.socket,
+        buffer: bytearray,
+        wake: socket.socket,
+        on_data: Callable[[int], int | None],
+        on_wake: Callable[[], int | None],
+        parent: int,
+    ) -> int:
+        """Read the bridge into ``buffer`` (``on_data(size)`` for each read) and the wake-up
+        socket (``on_wake()``) on the loop; return the exit code: a callback's, or OK when
+        the front closes the bridge (drained, or gone) or the parent pid changes."""
+        loop = self.loop()
+        done: asyncio.Future[int] = loop.create_future()
+
+        def finish(code: int | None) -> None:
+            if code is not None and not done.done():
+                done.set_result(code)
+
+        def on_bridge() -> None:
+            try:
+                size = bridge.recv_into(buffer)
+            except BlockingIOError:
+                return
+            except OSError:
+                size = 0
+            finish(on_data(size) if size else 0)
+
+        def on_signal() -> None:
+            with contextlib.suppress(BlockingIOError):
+                wake.recv(512)
+            finish(on_wake())
+
+        def watch_parent() -> None:
+            if os.getppid() != parent:
+                log.warning("supervisor went away; exiting")
+                finish(0)
+            else:
+                loop.call_later(5.0, watch_parent)
+
+        loop.add_reader(bridge.fileno(), on_bridge)
+        loop.add_reader(wake.fileno(), on_signal)
+        loop.call_later(5.0, watch_parent)
+        try:
+            return loop.run_until_complete(done)
+        finally:
+            loop.remove_reader(bridge.fileno())
+            loop.remove_reader(wake.fileno())
 
     def cancel(self, call_id: int) -> bool:
         """Cancel call ``call_id``'s task; False if it is not running (it replied)."""
