@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from tykworker.front.router import (
+    LOOP_SILENCE,
     Action,
     Answer,
     Arm,
@@ -107,6 +108,31 @@ def test_an_unacknowledged_cancel_loses_the_worker():
     assert r.leave(1) == []
 
 
+def test_a_silent_event_loop_loses_the_worker_at_the_deadline():
+    r = Router(queue_limit=10)
+    r.join(lane(1))
+    submit(r, call(1))
+    submit(r, call(2))
+    r.alive(1, 0.1)
+    # Heard 0.4 s before the deadline: a cancel, and the worker goes on.
+    assert r.expire(1, now=0.5) == [Answer(call(1), Reason.TIMEOUT, 1), Cancel(1, call(1))]
+    # Nothing heard for more than LOOP_SILENCE: lost at once.
+    assert r.expire(2, now=0.1 + LOOP_SILENCE + 0.01) == [
+        Answer(call(2), Reason.TIMEOUT, 1),
+        Lost(1, call(2), silent=True),
+    ]
+    assert r.workers[1].lost
+
+
+def test_a_late_arrival_is_not_blamed_on_an_old_silence():
+    r = Router(queue_limit=10)
+    r.join(lane(1))
+    c = call(1)
+    c.arrived_at = 100.0  # the worker sent no heartbeat since it joined, long before
+    r.submit(c)
+    assert r.expire(1, now=100.2) == [Answer(c, Reason.TIMEOUT, 1), Cancel(1, c)]
+
+
 def test_a_cancel_waits_while_a_sync_call_runs_on_that_worker():
     r = Router(queue_limit=10)
     r.join(lane(1))
@@ -170,7 +196,7 @@ def test_random_async_sequences_answer_every_call_exactly_once():
                 cid, conn = rng.choice(list(r.assigned.items()))
                 actions = r.reply(conn, cid) if op == "reply" else r.detach(conn, cid)
             elif op == "expire" and next_call:
-                actions = r.expire(rng.randint(1, next_call))
+                actions = r.expire(rng.randint(1, next_call), now=rng.choice([0.0, 9.0]))
             elif op == "overdue" and r.workers:
                 conn = rng.choice(list(r.workers))
                 actions = r.overdue(conn, rng.randint(1, max(1, next_call)))

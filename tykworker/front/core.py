@@ -11,7 +11,8 @@ sets (router.py: the shorter of the hook type's and the client's): on expiry
 the gateway gets the timeout answer at once and the supervisor is told which worker is
 stuck (it dumps the stacks and kills it). An async call past its deadline instead gets a
 ``Cancel`` sent to its worker, which must acknowledge it within ``CANCEL_GRACE``
-seconds: else its event loop is blocked and the worker is reported stuck the same way.
+seconds: else its event loop is blocked and the worker is reported stuck the same way
+(at once, when its loop's heartbeats, ``Alive``, stopped before: router.py).
 A bridge connection that drops answers its calls with the crash answer. See router.py
 for the exactly-once invariants.
 
@@ -51,6 +52,7 @@ from tykworker.front.health import Health, ServingStatus
 from tykworker.front.native import start_native
 from tykworker.front.raw import RawServer
 from tykworker.front.router import (
+    LOOP_SILENCE,
     Action,
     Answer,
     Arm,
@@ -173,7 +175,7 @@ class Front:
         return await future
 
     def _expire(self, call_id: int) -> None:
-        self._apply(self.router.expire(call_id))
+        self._apply(self.router.expire(call_id, time.monotonic()))
 
     def _arm(self, action: Arm) -> None:
         pending = self.pending.get(action.call.call_id)
@@ -199,7 +201,12 @@ class Front:
             elif isinstance(action, Cancel):
                 self._cancel(action)
             elif isinstance(action, Lost):
-                self._report_stuck(action.conn_id, action.call, "did not cancel its async call")
+                why = (
+                    f"has an event loop blocked for over {LOOP_SILENCE}s"
+                    if action.silent
+                    else "did not cancel its async call"
+                )
+                self._report_stuck(action.conn_id, action.call, why)
         self.board.write_header(queue_depth=len(self.router.queue), calls=self.counters.calls)
 
     def _send(self, conn_id: int, call: Call) -> None:
@@ -397,6 +404,9 @@ class Front:
             return
         worker = self.router.workers.get(conn_id)
         if worker is None:
+            return
+        if isinstance(message, control.Alive):
+            self.router.alive(conn_id, time.monotonic())
             return
         if isinstance(message, control.Concurrent):
             self._apply(self.router.detach(conn_id, frame.call_id, time.monotonic()))

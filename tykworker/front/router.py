@@ -25,12 +25,15 @@ was sent as a sync one (an EVENT, whose handler name the front cannot read; a ho
 bundle loaded after it joined) moves to ``tasks`` when the worker says so (``detach``),
 and its hook name joins ``async_hooks``.
 
-Deadlines of async calls: the timeout answer at once, and ``Cancel`` (the front tells the
-worker to cancel the task, and arms ``overdue``): the worker acknowledges with a reply,
-and stays in service. No acknowledgement by then while no sync call runs there: its event
-loop is blocked (a hook that never awaits), so the worker is ``lost`` (``Lost``: the
-supervisor dumps its stacks and kills it) and its calls get their answers at their own
-deadlines or when its connection drops (crash answer), whichever comes first.
+Deadlines of async calls: the timeout answer at once. If the worker's event loop has been
+silent (no ``Alive`` heartbeat, ``Router.alive``) for ``LOOP_SILENCE`` seconds, since
+before the call arrived, while no sync call runs there, the loop is blocked (a hook that
+never awaits): the worker is ``lost`` at once (``Lost``: the supervisor dumps its stacks and
+kills it). Otherwise ``Cancel`` (the front tells the worker to cancel the task, and arms
+``overdue``): the worker acknowledges with a reply and stays in service; no
+acknowledgement by then while no sync call runs there: lost too. A lost worker's calls get
+their answers at their own deadlines or when its connection drops (crash answer),
+whichever comes first.
 
 Invariants (each is tested in tests/unit/test_router.py):
 * Deadline rule: a call's deadline is its arrival plus the shorter of its hook type's
@@ -96,6 +99,7 @@ class Lane:
     capacity: int = 1  # async calls it runs at once
     tasks: dict[int, Call] = field(default_factory=dict)  # async calls in flight
     cancelling: dict[int, Call] = field(default_factory=dict)  # cancelled, not acknowledged
+    heard_at: float = 0.0  # its event loop's last heartbeat (front's monotonic clock)
 
     @property
     def call(self) -> Call | None:
@@ -167,11 +171,13 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Lost:
-    """The worker on ``conn_id`` did not acknowledge the cancel of ``call``: its event loop
-    is blocked; the supervisor must kill it."""
+    """The worker on ``conn_id`` is past ``call``'s deadline with its event loop blocked
+    (``silent``: no heartbeat for ``LOOP_SILENCE`` s; else: no answer to the cancel); the
+    supervisor must kill it."""
 
     conn_id: int
     call: Call
+    silent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +191,9 @@ Action = Assign | Answer | Completed | Close | Arm | Cancel | Lost
 
 
 _SMOOTHING = 0.2  # weight of the newest service time in a hook's running average
+#: Seconds without a heartbeat (wire.control.ALIVE_INTERVAL apart) after which a worker's
+#: event loop counts as blocked at an async call's deadline.
+LOOP_SILENCE = 0.5
 
 
 @dataclass(slots=True)
@@ -325,19 +334,17 @@ class Router:
         actions.append(Answer(call, Reason.CRASH, conn_id))
         return actions + self._requeue(worker)
 
-    def expire(self, call_id: int) -> list[Action]:
-        """The call's deadline passed: the timeout answer. A running call's worker is lost
-        (it must be killed) and its unstarted calls are routed again; a call that waited
-        behind another leaves the worker in service (its late reply is ignored)."""
+    def expire(self, call_id: int, now: float = 0.0) -> list[Action]:
+        """The call's deadline passed (at ``now``): the timeout answer. A running call's
+        worker is lost (it must be killed) and its unstarted calls are routed again; a call
+        that waited behind another leaves the worker in service (its late reply is
+        ignored). An async call: see the module docstring."""
         conn_id = self.assigned.pop(call_id, None)
         if conn_id is not None:
             worker = self.workers[conn_id]
             task = worker.tasks.pop(call_id, None)
-            if task is not None:  # the worker goes on; its loop must acknowledge
-                if worker.lost:
-                    return [Answer(task, Reason.TIMEOUT, conn_id)]
-                worker.cancelling[call_id] = task
-                return [Answer(task, Reason.TIMEOUT, conn_id), Cancel(conn_id, task)]
+            if task is not None:
+                return self._expire_async(worker, task, now)
             running = worker.calls[0].call_id == call_id
             call = _take(worker.calls, call_id)
             actions: list[Action] = [Answer(call, Reason.TIMEOUT, conn_id, stuck=running)]
@@ -350,6 +357,23 @@ class Router:
                 self.queue.remove(call)
                 return [Answer(call, Reason.TIMEOUT)]
         return []
+
+    def alive(self, conn_id: int, now: float) -> None:
+        """The worker on ``conn_id`` sent its heartbeat at ``now``."""
+        worker = self.workers.get(conn_id)
+        if worker is not None:
+            worker.heard_at = now
+
+    def _expire_async(self, worker: Lane, task: Call, now: float) -> list[Action]:
+        answer = Answer(task, Reason.TIMEOUT, worker.conn_id)
+        if worker.lost:
+            return [answer]
+        if not worker.calls and now - max(worker.heard_at, task.arrived_at) > LOOP_SILENCE:
+            worker.cancelling.clear()
+            worker.lost = True
+            return [answer, Lost(worker.conn_id, task, silent=True), *self._requeue(worker)]
+        worker.cancelling[task.call_id] = task  # the worker goes on; its loop must answer
+        return [answer, Cancel(worker.conn_id, task)]
 
     def overdue(self, conn_id: int, call_id: int) -> list[Action]:
         """The grace period after ``Cancel`` passed. Acknowledged (or the worker is gone,

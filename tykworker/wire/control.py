@@ -13,7 +13,9 @@ Channels (see supervisor/process.py for who holds which descriptor):
   frame carrying ``Failed`` precedes the REPLY of a call the plugin failed, and one
   carrying ``Handler`` precedes (and ``Failed``) the REPLY of every EVENT call;
   ``Concurrent`` says that a call the front routed as a sync one (an EVENT, or a hook
-  the HELLO did not name) runs as an async task. DRAIN frames have no payload.
+  the HELLO did not name) runs as an async task; ``Alive`` (call id 0), sent every
+  ``ALIVE_INTERVAL`` seconds while a worker serves on its event loop, says the loop runs.
+  DRAIN frames have no payload.
 * **bridge** (front -> worker): besides DISPATCH/EVENT frames, a CONTROL frame carrying
   ``Cancel`` for an async call past its deadline (call id in the frame header).
 
@@ -121,6 +123,19 @@ class Concurrent:
 
 
 @dataclass(frozen=True, slots=True)
+class Alive:
+    """Worker -> front (bridge, call id 0): its event loop ran just now (a heartbeat,
+    every ``ALIVE_INTERVAL`` seconds while it serves on its loop): the front tells a
+    blocked loop from slow async calls at their deadline."""
+
+    op: ClassVar[str] = "alive"
+
+
+#: Seconds between two ``Alive`` frames of a worker serving on its event loop.
+ALIVE_INTERVAL: Final = 0.1
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """Front -> worker (bridge, call id in the frame header): the async call is past its
     deadline (already answered): cancel its task and REPLY at once (empty payload), which
@@ -172,6 +187,7 @@ Message = (
     | Failed
     | Handler
     | Concurrent
+    | Alive
     | Cancel
     | LiveSettings
     | Generation
@@ -186,6 +202,7 @@ _TYPES: Final[dict[str, type[Message]]] = {
         Failed,
         Handler,
         Concurrent,
+        Alive,
         Cancel,
         LiveSettings,
         Generation,
@@ -251,6 +268,7 @@ _CHECKS: Final[dict[type[Message], dict[str, Callable[[object], object]]]] = {
     Failed: {"reason": _str},
     Handler: {"name": _str},
     Concurrent: {},
+    Alive: {},
     Cancel: {},
     Generation: {"generation": _int(1)},
     LiveSettings: {
@@ -326,7 +344,9 @@ def report(fd: int, message: Message) -> bool:
 
 
 __all__ = [
+    "ALIVE_INTERVAL",
     "MAX_DATAGRAM",
+    "Alive",
     "Cancel",
     "Concurrent",
     "Failed",

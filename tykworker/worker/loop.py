@@ -279,8 +279,15 @@ class Worker:
                 self._flush(bridge)
             return None
 
+        alive = control.encode_frame_of(control.Alive())
+
+        def on_beat() -> None:
+            self.out.append(alive)
+            self._flush(bridge)
+
         self._flush_tasks()  # what the batch that started the first task made
-        return self.tasks.serve(bridge, buffer, signals.wake_r, on_data, on_wake, self.parent)
+        wake = signals.wake_r
+        return self.tasks.serve(bridge, buffer, wake, on_data, on_wake, self.parent, on_beat)
 
     def _run_batch(self, bridge: socket.socket, runtime: _Runtime, decoder: FrameDecoder) -> None:
         """Run every call whose frame is complete, in order: under load the front sends

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tykworker import logs
+from tykworker.wire import control
 from tykworker.worker.dispatch import Pending
 
 log = logging.getLogger("tykworker.worker")
@@ -99,9 +100,11 @@ class Tasks:
         on_data: Callable[[int], int | None],
         on_wake: Callable[[], int | None],
         parent: int,
+        on_beat: Callable[[], None],
     ) -> int:
         """Read the bridge into ``buffer`` (``on_data(size)`` for each read) and the wake-up
-        socket (``on_wake()``) on the loop; return the exit code: a callback's, or OK when
+        socket (``on_wake()``) on the loop, and call ``on_beat()`` every
+        ``control.ALIVE_INTERVAL`` seconds; return the exit code: a callback's, or OK when
         the front closes the bridge (drained, or gone) or the parent pid changes."""
         loop = self.loop()
         done: asyncio.Future[int] = loop.create_future()
@@ -131,9 +134,14 @@ class Tasks:
             else:
                 loop.call_later(5.0, watch_parent)
 
+        def beat() -> None:
+            on_beat()
+            loop.call_later(control.ALIVE_INTERVAL, beat)
+
         loop.add_reader(bridge.fileno(), on_bridge)
         loop.add_reader(wake.fileno(), on_signal)
         loop.call_later(5.0, watch_parent)
+        beat()
         try:
             return loop.run_until_complete(done)
         finally:
