@@ -404,14 +404,21 @@ class Router:
     # --- internals ------------------------------------------------------------------
     def _idle_worker(self) -> Lane | None:
         # Newest generation first, so a reload shifts traffic as soon as new workers join.
-        # Then the one running fewest async calls.
         best: Lane | None = None
+        if self.async_names:  # then the one running fewest async calls
+            for worker in self.workers.values():
+                if worker.is_available and (
+                    best is None
+                    or worker.generation > best.generation
+                    or (
+                        worker.generation == best.generation
+                        and len(worker.tasks) < len(best.tasks)
+                    )
+                ):
+                    best = worker
+            return best
         for worker in self.workers.values():
-            if worker.is_available and (
-                best is None
-                or worker.generation > best.generation
-                or (worker.generation == best.generation and len(worker.tasks) < len(best.tasks))
-            ):
+            if worker.is_available and (best is None or worker.generation > best.generation):
                 best = worker
         return best
 
