@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import signal
 import subprocess
@@ -218,6 +219,24 @@ def test_drain_waits_for_async_calls_in_flight(start_server, gate: Path):
     ids = [r.request.set_headers["X-Id"] for r in replies]
     assert ids == [str(i) for i in range(len(replies))], server.log()
     assert server.proc.wait(timeout=30) == 0
+
+
+def test_a_worker_leaving_waits_for_its_async_calls(start_server, gate: Path):
+    """SIGTERM to a worker (as recycling and reloads do): it says DRAIN, runs its async
+    calls to their end, then exits and is replaced."""
+    server = _start(start_server, "--workers", "1")
+    (pid,) = server.worker_pids()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        held = _held(server, pool, gate, 10)
+        wait_for(lambda: _in_flight(server) == 10, what="10 calls held")
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: "leaving: SIGTERM" in server.log(), what="the worker drains")
+        assert pid in server.worker_pids()
+        gate.touch()
+        replies = [f.result(timeout=30) for f in held]
+    assert [r.request.set_headers["X-Id"] for r in replies] == [str(i) for i in range(10)]
+    assert {r.request.set_headers["X-Worker-Pid"] for r in replies} == {str(pid)}
+    wait_for(lambda: server.worker_pids() - {pid}, what="a replacement")
 
 
 def test_lifecycle_hooks_run_once_per_worker(start_server, workdir: Path):
