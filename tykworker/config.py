@@ -161,6 +161,9 @@ class Settings:
     pipeline_fast_ms: float = _setting(
         2.0, "only hooks averaging at most this many ms per call are sent ahead", float
     )
+    async_concurrency: int = _setting(
+        100, "async hook calls a worker runs at once (sync hooks: one at a time)", int
+    )
     max_message_mb: int = _setting(64, "largest gRPC/raw message accepted or sent, MiB", int)
     max_requests: int = _setting(0, "recycle a worker after this many calls (0 = never)", int)
     max_requests_jitter: int = _setting(0, "random extra calls added to --max-requests", int)
@@ -490,6 +493,7 @@ def _validate(s: Settings, sources: Mapping[str, str]) -> None:
         (s.queue_size >= 0, "queue_size", "must be >= 0"),
         (1 <= s.pipeline_depth <= 64, "pipeline_depth", "must be between 1 and 64"),
         (s.pipeline_fast_ms >= 0, "pipeline_fast_ms", "must be >= 0"),
+        (1 <= s.async_concurrency <= 100000, "async_concurrency", "must be between 1 and 100000"),
         (s.max_message_mb >= 1, "max_message_mb", "must be >= 1"),
         (s.max_requests >= 0, "max_requests", "must be >= 0"),
         (s.max_requests_jitter >= 0, "max_requests_jitter", "must be >= 0"),

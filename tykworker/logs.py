@@ -8,11 +8,14 @@ How the fields get there without every call site passing them:
 
 * ``bind_process(worker_pid=..., generation=...)``: fields of the process, added to every
   record it logs (a worker binds them right after ``fork``).
-* ``active_call``: the call this process is serving. A worker serves one call at a time,
-  so one mutable record is enough: the worker loop fills it (``begin_call``/``end_call``)
-  and ``dispatch`` adds the API id once it has parsed the Object. The handler's
-  ``ContextFilter`` copies it into every record logged during the call, plugin log lines
-  included. Fields a call site passes in ``extra`` win.
+* ``active_call``: the sync call this process is serving. A worker serves one sync call at
+  a time, so one mutable record is enough: the worker loop fills it
+  (``begin_call``/``end_call``) and ``dispatch`` adds the API id once it has parsed the
+  Object. An async call (many run at once on the worker's event loop) has a record of its
+  own, in ``task_call`` (a context variable: each asyncio task sees its own);
+  ``current_call()`` is the one that applies. The handler's ``ContextFilter`` copies it
+  into every record logged during the call, plugin log lines included. Fields a call site
+  passes in ``extra`` win.
 * ``SlowCallLog``: a daemon thread in the worker that, when the active call has run past
   the threshold, logs one record naming the call (id, hook, API, elapsed) whose text is
   the Python stack of the thread running the hook. The worker is not interrupted.
@@ -24,6 +27,7 @@ notified) and reports each call at most once.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -59,6 +63,10 @@ class ActiveCall:
 
 
 active_call: Final = ActiveCall()
+#: The record of the async call whose task is running (unset outside async calls).
+task_call: Final[contextvars.ContextVar[ActiveCall | None]] = contextvars.ContextVar(
+    "tykworker_task_call", default=None
+)
 _process_fields: dict[str, object] = {}
 
 
@@ -78,6 +86,12 @@ def end_call() -> None:
     active_call.call_id = 0
 
 
+def current_call() -> ActiveCall:
+    """The record of the call being served here: an async call's own inside its task,
+    else ``active_call``."""
+    return task_call.get() or active_call
+
+
 class ContextFilter(logging.Filter):
     """Adds the process fields and the active call's fields to records lacking them."""
 
@@ -85,7 +99,7 @@ class ContextFilter(logging.Filter):
         fields = record.__dict__
         for key, value in _process_fields.items():
             fields.setdefault(key, value)
-        call = active_call
+        call = task_call.get() or active_call
         if call.call_id:
             fields.setdefault("call_id", call.call_id)
             fields.setdefault("hook", call.hook)

@@ -19,6 +19,10 @@ Invariants:
 * ``ttl <= 0`` means "no expiry" (go-redis ``Set`` semantics).
 * A connection is never shared across ``fork()``: each process opens its own lazily.
 * Stores raise on failure; the gateway API decides to log and carry on.
+* ``StoreThreads`` serves async hooks (``TykGateway.store_data_async``/``get_data_async``):
+  the same store calls, run in a small pool of threads, each with a store of its own (a
+  store, and its connection, is only ever used by one thread), so the worker's event loop
+  never waits for SQLite or Redis. The threads start on first use.
 * A store call gives up after about ``STORE_TIMEOUT_SECONDS`` (a stalled Redis, an SQLite
   write lock held elsewhere), a tenth of the default hook deadline: the hook gets its
   error and answers in time, instead of its worker being killed at the deadline. Redis
@@ -27,6 +31,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -34,6 +39,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -240,3 +246,46 @@ def open_store(runtime_dir: Path, redis_url: str | None) -> Store:
     if redis_url:
         return RedisStore(redis_url)
     return SQLiteStore(runtime_dir / STORE_FILENAME)
+
+
+class StoreThreads:
+    """Store calls awaited by async hooks, run in up to ``threads`` threads (see the
+    module docstring); ``factory`` makes each thread's store."""
+
+    def __init__(self, factory: Callable[[], Store], threads: int = 4) -> None:
+        self._factory = factory
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._stores: list[Store] = []
+        self._lock = threading.Lock()
+
+    def _store(self) -> Store:
+        store: Store | None = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = self._factory()
+            with self._lock:
+                self._stores.append(store)
+        return store
+
+    def _run(self, call: Callable[[Store], bytes | None]) -> asyncio.Future[bytes | None]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="tykworker-store")
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, lambda: call(self._store()))
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        await self._run(lambda store: store.set(key, value, ttl))
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._run(lambda store: store.get(key))
+
+    def close(self) -> None:
+        """Stop the threads (after the calls they run) and close their stores."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        with self._lock:
+            stores, self._stores = self._stores, []
+        for store in stores:
+            store.close()

@@ -7,11 +7,14 @@ same file with a small stand-in for ``tyk.decorators`` so both servers run ident
 * ``CpuBound`` about 1 ms of pure-Python work on the body (JSON decode/encode + hashing):
   holds the GIL the whole time, so threads cannot run it in parallel.
 * ``Blocking`` sleeps 50 ms (stands for a slow upstream call made from a plugin).
+* ``AsyncBlocking`` the same 50 ms as an ``async def`` awaiting ``asyncio.sleep`` (an
+  upstream call made with an async client): many run at once per worker (bench/async.py).
 * ``BenchAuth`` a custom-auth hook (``auth_check``): accepts ``Authorization: bench-key``
   and returns a session with a generous rate limit and ``metadata["token"]``, which is what
   makes the gateway treat the request as authenticated (bench/gateway.py).
 """
 
+import asyncio
 import hashlib
 import json
 import time
@@ -61,6 +64,13 @@ def CpuBound(request, session, spec):
 def Blocking(request, session, spec):
     time.sleep(0.05)
     request.add_header("X-Bench", "blocking")
+    return request, session
+
+
+@Hook  # noqa: F405
+async def AsyncBlocking(request, session, spec):
+    await asyncio.sleep(0.05)
+    request.add_header("X-Bench", "async-blocking")
     return request, session
 
 

@@ -90,11 +90,11 @@ class _NoRuntime:
     def __init__(self) -> None:
         self.calls = 0
 
-    def dispatch(self, payload: bytes | bytearray) -> bytes:
+    def start_dispatch(self, payload: bytes | bytearray) -> bytes:
         self.calls += 1
         return b""
 
-    def dispatch_event(self, payload: bytes | bytearray) -> bytes:
+    def start_event(self, payload: bytes | bytearray) -> bytes:
         self.calls += 1
         return b""
 

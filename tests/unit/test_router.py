@@ -61,7 +61,7 @@ def test_timeout_of_assigned_call_loses_the_worker_and_ignores_late_reply():
     r = Router(queue_limit=5)
     r.join(worker(1))
     submit(r, call(1))
-    assert r.expire(1) == [Answer(call(1), Reason.TIMEOUT, 1)]
+    assert r.expire(1) == [Answer(call(1), Reason.TIMEOUT, 1, stuck=True)]
     assert r.workers[1].lost
     assert r.reply(1, 1) == []  # late reply: already answered
     submit(r, call(2))
@@ -235,7 +235,7 @@ def test_timeout_of_the_running_call_reroutes_the_calls_sent_ahead_in_order():
     for n in (1, 2, 3, 4):
         submit(r, hooked(n))
     assert [c.call_id for c in r.queue] == [4]  # the worker holds depth = 3 calls
-    assert r.expire(1) == [Answer(hooked(1), Reason.TIMEOUT, 1)]
+    assert r.expire(1) == [Answer(hooked(1), Reason.TIMEOUT, 1, stuck=True)]
     assert r.workers[1].lost and not r.workers[1].calls
     assert [c.call_id for c in r.queue] == [2, 3, 4]  # ahead of the call still queued
     assert r.join(worker(2)) == [Assign(2, hooked(2)), Assign(2, hooked(3)), Assign(2, hooked(4))]

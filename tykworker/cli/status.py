@@ -55,13 +55,14 @@ def render_status(settings: Settings, as_json: bool = False) -> str:
         f"overloads {header.overloads}; plugin errors {header.errors}; "
         f"restarts {header.restarts}; import failures {header.import_failures}; "
         f"reloads {header.reloads} ({header.reload_failures} failed)",
-        f"{'PID':>8} {'GEN':>4} {'STATE':<9} {'CALLS':>8} {'RSS MiB':>8}  CURRENT",
+        f"{'PID':>8} {'GEN':>4} {'STATE':<9} {'CALLS':>8} {'IN FLIGHT':>9} {'RSS MiB':>8}"
+        "  CURRENT (oldest)",
     ]
     for s in slots:
         current = f"{s.hook} for {now - s.started_at:.3f}s" if s.started_at else ""
         lines.append(
             f"{s.pid:>8} {s.generation:>4} {s.state.name.lower():<9} {s.calls:>8} "
-            f"{s.rss / 1048576:>8.1f}  {current}"
+            f"{s.in_flight:>9} {s.rss / 1048576:>8.1f}  {current}"
         )
     return "\n".join(lines)
 

@@ -9,8 +9,12 @@ Per call: ``router.submit`` -> frame to a worker over its bridge connection -> t
 worker's REPLY is the gateway's answer. A timer per call enforces the deadline the router
 sets (router.py: the shorter of the hook type's and the client's): on expiry
 the gateway gets the timeout answer at once and the supervisor is told which worker is
-stuck (it dumps the stacks and kills it). A bridge connection that drops answers its
-call with the crash answer. See router.py for the exactly-once invariants.
+stuck (it dumps the stacks and kills it). An async call past its deadline instead gets a
+``Cancel`` sent to its worker, which must acknowledge it within ``CANCEL_GRACE``
+seconds: else its event loop is blocked and the worker is reported stuck the same way
+(at once, when its loop's heartbeats, ``Alive``, stopped before: router.py).
+A bridge connection that drops answers its calls with the crash answer. See router.py
+for the exactly-once invariants.
 
 Observability (never on the call path unless enabled): the gRPC health service
 (health.py) on the same socket; with the ``metrics`` setting, per-call statistics kept in
@@ -53,14 +57,17 @@ from tykworker.front.health import Health, ServingStatus
 from tykworker.front.native import start_native
 from tykworker.front.raw import RawServer
 from tykworker.front.router import (
+    LOOP_SILENCE,
     Action,
     Answer,
     Arm,
     Assign,
     Call,
+    Cancel,
     Close,
     Completed,
     Lane,
+    Lost,
     Router,
 )
 from tykworker.front.tracing import FrontTracer
@@ -88,6 +95,9 @@ calls_log = logging.getLogger("tykworker.calls")
 _HOOK_NAMES = {number: name for name, number in HOOK_TYPES.items()}
 Respond = Callable[[Payload], None]
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: Seconds a worker has to acknowledge the ``Cancel`` of an async call past its deadline
+#: (a running event loop does so at once) before it counts as stuck.
+CANCEL_GRACE = 0.5
 
 
 class _Server(Protocol):
@@ -195,7 +205,7 @@ class Front:
         return await future
 
     def _expire(self, call_id: int) -> None:
-        self._apply(self.router.expire(call_id))
+        self._apply(self.router.expire(call_id, time.monotonic()))
 
     def _arm(self, action: Arm) -> None:
         pending = self.pending.get(action.call.call_id)
@@ -218,6 +228,15 @@ class Front:
                 link = self.links.pop(action.conn_id, None)
                 if link is not None:
                     link.close()
+            elif isinstance(action, Cancel):
+                self._cancel(action)
+            elif isinstance(action, Lost):
+                why = (
+                    f"has an event loop blocked for over {LOOP_SILENCE}s"
+                    if action.silent
+                    else "did not cancel its async call"
+                )
+                self._report_stuck(action.conn_id, action.call, why)
         self.board.write_header(queue_depth=len(self.router.queue), calls=self.counters.calls)
 
     def _send(self, conn_id: int, call: Call) -> None:
@@ -249,6 +268,45 @@ class Front:
                 link.writelines(parts)
             else:
                 link.write(b"".join(parts))
+
+    def _cancel(self, action: Cancel) -> None:
+        """Tell the worker to cancel an async call past its deadline; check it did."""
+        if action.send:
+            frame = control.encode_frame_of(control.Cancel(), action.call.call_id)
+            self._queue_frame(action.conn_id, frame)
+        loop = self._loop or self._bind_loop()
+        loop.call_later(CANCEL_GRACE, self._overdue, action.conn_id, action.call.call_id)
+
+    def _overdue(self, conn_id: int, call_id: int) -> None:
+        self._apply(self.router.overdue(conn_id, call_id))
+
+    def _queue_frame(self, conn_id: int, frame: bytes) -> None:
+        parts = self.outbox.get(conn_id)
+        if parts is None:
+            parts = self.outbox[conn_id] = []
+        parts.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self._flush)
+
+    def _report_stuck(self, conn_id: int | None, call: Call, why: str) -> None:
+        """The worker on ``conn_id`` must be killed: tell the supervisor."""
+        member = self.members.get(conn_id) if conn_id else None
+        if member is None:
+            return
+        self.health.notify()  # that worker is lost
+        elapsed = time.monotonic() - call.arrived_at
+        log.error(
+            "worker pid %d %s (call %d hook %r, %.3fs): reporting it stuck",
+            member.pid,
+            why,
+            call.call_id,
+            call.hook_name,
+            elapsed,
+        )
+        stuck = control.Stuck(os.getpid(), member.pid, call.call_id, call.hook_name, elapsed)
+        if not control.report(self.spec.channel_fd, stuck):
+            log.error("could not tell the supervisor that worker pid %d is stuck", member.pid)
 
     def _resolve(self, call: Call, reply: Payload) -> None:
         """The router is done with ``call``: deliver its one answer and disarm its
@@ -295,7 +353,7 @@ class Front:
         if call.trace is not None and self.tracer is not None:
             worker = (member.pid, member.generation) if member else None
             self.tracer.answered(call, hook, reason.code, worker, time.monotonic())
-        if reason is Reason.TIMEOUT and pid is not None:
+        if action.stuck and pid is not None:
             self.health.notify()  # that worker is lost
             elapsed = time.monotonic() - call.arrived_at
             stuck = control.Stuck(os.getpid(), pid, call.call_id, call.hook_name, elapsed)
@@ -326,7 +384,14 @@ class Front:
         peer = _peer_pid(link)
         if peer is not None and peer != hello.pid:
             raise RemoteProtocolError(f"worker pid {peer} claims to be pid {hello.pid}")
-        worker = Lane(conn_id, hello.pid, hello.generation, hello.index)
+        worker = Lane(
+            conn_id,
+            hello.pid,
+            hello.generation,
+            hello.index,
+            async_hooks=frozenset(hello.async_hooks),
+            capacity=hello.async_capacity,
+        )
         self.links[conn_id] = link
         self.members[conn_id] = worker
         log.debug("worker pid %d generation %d joined", worker.pid, worker.generation)
@@ -365,8 +430,9 @@ class Front:
 
     def _on_worker_control(self, conn_id: int, frame: Frame) -> None:
         """``Failed``: the plugin failed the call ``frame.call_id`` (its REPLY follows);
-        ``Handler``: the handler name of that EVENT call (metrics label). Anything else is
-        logged and dropped: the frame itself was well delimited."""
+        ``Handler``: the handler name of that EVENT call (metrics label); ``Concurrent``:
+        that call runs as an async one. Anything else is logged and dropped: the frame
+        itself was well delimited."""
         try:
             message = control.decode(frame.payload)
         except ProtocolError as exc:
@@ -375,7 +441,15 @@ class Front:
         worker = self.router.workers.get(conn_id)
         if worker is None:
             return
-        call = next((c for c in worker.calls if c.call_id == frame.call_id), None)
+        if isinstance(message, control.Alive):
+            self.router.alive(conn_id, time.monotonic())
+            return
+        if isinstance(message, control.Concurrent):
+            self._apply(self.router.detach(conn_id, frame.call_id, time.monotonic()))
+            return
+        call = worker.tasks.get(frame.call_id) or next(
+            (c for c in worker.calls if c.call_id == frame.call_id), None
+        )
         if call is None:
             return  # the call was already answered (timeout): it is counted there
         if isinstance(message, control.Handler):
@@ -495,7 +569,7 @@ class Front:
         still running a call after the drain (a hook stuck in C never runs a SIGTERM
         handler): kill its process group. Idle workers exit at the EOF just sent."""
         for lane in list(self.members.values()):
-            if lane.call is not None or lane.lost:
+            if lane.call is not None or lane.tasks or lane.lost:
                 log.error("supervisor gone: killing worker pid %d, still busy", lane.pid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(lane.pid, signal.SIGKILL)

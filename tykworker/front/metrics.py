@@ -127,6 +127,8 @@ class Snapshot:
     import_failures: int
     reloads: int
     reload_failures: int
+    #: Scoreboard slot -> calls its worker holds (sync and async), connected workers only.
+    worker_in_flight: dict[int, int] = field(default_factory=dict)
 
 
 class FrontCollector(Collector):
@@ -172,6 +174,15 @@ class FrontCollector(Collector):
         for state, count in sorted(snap.workers.items()):
             workers.add_metric([state], count)
         yield workers
+        in_flight = GaugeMetricFamily(
+            "tykworker_worker_calls_in_flight",
+            "Calls a worker holds now (sync ones: at most pipeline_depth; async ones: at most "
+            "async_concurrency), by scoreboard slot",
+            labels=["slot"],
+        )
+        for slot, count in sorted(snap.worker_in_flight.items()):
+            in_flight.add_metric([str(slot)], count)
+        yield in_flight
         gauges = (
             ("tykworker_queue_depth", "Calls waiting for a free worker", snap.queue_depth),
             ("tykworker_calls_in_flight", "Calls queued or running", snap.in_flight),
@@ -269,7 +280,7 @@ def snapshot(router: Router, header: HeaderView, serving: bool) -> Snapshot:
     """Gauges from the front's router and counters from the scoreboard header."""
     return Snapshot(
         workers=worker_states(
-            (w.call is not None, w.draining, w.lost) for w in router.workers.values()
+            (w.in_flight > 0, w.draining, w.lost) for w in router.workers.values()
         ),
         queue_depth=len(router.queue),
         in_flight=router.in_flight,
@@ -281,6 +292,7 @@ def snapshot(router: Router, header: HeaderView, serving: bool) -> Snapshot:
         import_failures=header.import_failures,
         reloads=header.reloads,
         reload_failures=header.reload_failures,
+        worker_in_flight={w.index: w.in_flight for w in router.workers.values()},
     )
 
 

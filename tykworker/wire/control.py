@@ -8,10 +8,16 @@ Channels (see supervisor/process.py for who holds which descriptor):
   from the message (``pid`` fields are checked against it).
 * **settings**: the same channel of the front, the other way: ``LiveSettings`` (SIGHUP)
   and ``Generation``.
-* **bridge** (worker -> front): the payload of the HELLO frame is a ``Hello``; a CONTROL
+* **bridge** (worker -> front): the payload of the HELLO frame is a ``Hello`` (it names
+  the worker's async hooks and how many async calls it runs at once); a CONTROL
   frame carrying ``Failed`` precedes the REPLY of a call the plugin failed, and one
-  carrying ``Handler`` precedes (and ``Failed``) the REPLY of every EVENT call. DRAIN
-  frames have no payload.
+  carrying ``Handler`` precedes (and ``Failed``) the REPLY of every EVENT call;
+  ``Concurrent`` says that a call the front routed as a sync one (an EVENT, or a hook
+  the HELLO did not name) runs as an async task; ``Alive`` (call id 0), sent every
+  ``ALIVE_INTERVAL`` seconds while a worker serves on its event loop, says the loop runs.
+  DRAIN frames have no payload.
+* **bridge** (front -> worker): besides DISPATCH/EVENT frames, a CONTROL frame carrying
+  ``Cancel`` for an async call past its deadline (call id in the frame header).
 
 Payloads are msgpack maps ``{"op": name, field: value...}``. Invariants:
 
@@ -53,6 +59,10 @@ class Hello:
     pid: int
     generation: int
     index: int  # scoreboard slot
+    #: Hook names (Dispatch) whose handler is an ``async def``: their calls run at once,
+    #: up to ``async_capacity`` of them (``async_concurrency``), on the worker's loop.
+    async_hooks: tuple[str, ...] = ()
+    async_capacity: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +115,36 @@ class Handler:
 
 
 @dataclass(frozen=True, slots=True)
+class Concurrent:
+    """Worker -> front (bridge, call id in the frame header): that call, sent as a sync
+    one, runs as an async task (its REPLY comes later, perhaps after later calls')."""
+
+    op: ClassVar[str] = "async"
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """Worker -> front (bridge, call id 0): its event loop ran just now (a heartbeat,
+    every ``ALIVE_INTERVAL`` seconds while it serves on its loop): the front tells a
+    blocked loop from slow async calls at their deadline."""
+
+    op: ClassVar[str] = "alive"
+
+
+#: Seconds between two ``Alive`` frames of a worker serving on its event loop.
+ALIVE_INTERVAL: Final = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Front -> worker (bridge, call id in the frame header): the async call is past its
+    deadline (already answered): cancel its task and REPLY at once (empty payload), which
+    tells the front that the worker's event loop still runs."""
+
+    op: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
 class LiveSettings:
     """Supervisor -> front: the settings a SIGHUP applies without a restart
     (``config.LIVE_SETTINGS``)."""
@@ -139,10 +179,34 @@ class Generation:
     generation: int
 
 
-Message = Hello | WorkerReady | FrontReady | Stuck | Failed | Handler | LiveSettings | Generation
+Message = (
+    Hello
+    | WorkerReady
+    | FrontReady
+    | Stuck
+    | Failed
+    | Handler
+    | Concurrent
+    | Alive
+    | Cancel
+    | LiveSettings
+    | Generation
+)
 _TYPES: Final[dict[str, type[Message]]] = {
     t.op: t
-    for t in (Hello, WorkerReady, FrontReady, Stuck, Failed, Handler, LiveSettings, Generation)
+    for t in (
+        Hello,
+        WorkerReady,
+        FrontReady,
+        Stuck,
+        Failed,
+        Handler,
+        Concurrent,
+        Alive,
+        Cancel,
+        LiveSettings,
+        Generation,
+    )
 }
 
 
@@ -191,12 +255,21 @@ def _deadlines(value: object) -> dict[str, float]:
 
 _PID: Final = _int(1, 2**31 - 1)
 _CHECKS: Final[dict[type[Message], dict[str, Callable[[object], object]]]] = {
-    Hello: {"pid": _PID, "generation": _int(1), "index": _int(0, 2**31 - 1)},
+    Hello: {
+        "pid": _PID,
+        "generation": _int(1),
+        "index": _int(0, 2**31 - 1),
+        "async_hooks": _strings,
+        "async_capacity": _int(1, 2**31 - 1),
+    },
     WorkerReady: {"pid": _PID, "generation": _int(1)},
     FrontReady: {"pid": _PID},
     Stuck: {"pid": _PID, "worker": _PID, "call_id": _int(0), "hook": _str, "elapsed": _number},
     Failed: {"reason": _str},
     Handler: {"name": _str},
+    Concurrent: {},
+    Alive: {},
+    Cancel: {},
     Generation: {"generation": _int(1)},
     LiveSettings: {
         "hook_timeout": _positive,
@@ -271,7 +344,11 @@ def report(fd: int, message: Message) -> bool:
 
 
 __all__ = [
+    "ALIVE_INTERVAL",
     "MAX_DATAGRAM",
+    "Alive",
+    "Cancel",
+    "Concurrent",
     "Failed",
     "FrontReady",
     "Generation",

@@ -68,9 +68,10 @@ def _field_offsets(fmt: str, names: list[str]) -> dict[str, tuple[str, int]]:
 
 
 _HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQIIQ", _HEADER_NAMES)
-# seq, pid, generation, state, call_id, started_at, calls, rss, hook name (48 bytes)
-_SLOT: Final = struct.Struct("<IIIBQdQQ48s")
-SLOT_SIZE: Final = 96
+# seq, pid, generation, state, call_id, started_at, calls, rss, hook name (48 bytes),
+# calls in flight (appended)
+_SLOT: Final = struct.Struct("<IIIBQdQQ48sI")
+SLOT_SIZE: Final = 128
 PAGE: Final = mmap.ALLOCATIONGRANULARITY  # mmap offsets are multiples of it
 FILE_SIZE: Final = PAGE * (1 + MAX_SLOTS)  # sparse: only pages in use take memory
 
@@ -99,6 +100,9 @@ class SlotView:
     calls: int
     rss: int
     hook: str
+    #: Calls the worker runs now: 0 or 1 for sync hooks, up to ``async_concurrency`` more
+    #: for async ones (then ``hook``/``started_at`` are the oldest's).
+    in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,13 +209,25 @@ class Scoreboard:
         calls: int = 0,
         rss: int = 0,
         hook: str = "",
+        in_flight: int = 0,
     ) -> None:
         offset = self._local(index)
         writing = (struct.unpack_from("<I", self._mm, offset)[0] + 1) | 1  # odd: mid-write
         struct.pack_into("<I", self._mm, offset, writing)
         name = hook.encode("utf-8", "replace")[:48]
         _SLOT.pack_into(
-            self._mm, offset, writing, pid, generation, state, call_id, started_at, calls, rss, name
+            self._mm,
+            offset,
+            writing,
+            pid,
+            generation,
+            state,
+            call_id,
+            started_at,
+            calls,
+            rss,
+            name,
+            in_flight,
         )
         struct.pack_into("<I", self._mm, offset, (writing + 1) & 0xFFFFFFFF)
 
@@ -226,7 +242,7 @@ class Scoreboard:
                 continue
             if struct.unpack_from("<I", self._mm, offset)[0] == values[0]:
                 break
-        _, pid, gen, state, call_id, started, calls, rss, hook = values
+        _, pid, gen, state, call_id, started, calls, rss, hook, in_flight = values
         return SlotView(
             index,
             pid,
@@ -237,6 +253,7 @@ class Scoreboard:
             calls,
             rss,
             hook.rstrip(b"\0").decode("utf-8", "replace"),
+            in_flight,
         )
 
     def slots(self) -> list[SlotView]:

@@ -35,15 +35,25 @@ Each failure is also noted in ``logs.active_call.failure`` (the reason's code; e
 ``no_hook``/``hook_error``), which the worker loop reports to the front for its metrics,
 and the API id in ``logs.active_call.api_id`` for log lines.
 
-Invariant: ``dispatch`` and ``dispatch_event`` never raise (``KeyboardInterrupt`` aside).
+Async hooks (``async def``): ``start_dispatch``/``start_event`` (what the worker loop
+calls) parse and resolve the call at once, as for any hook, and return a coroutine
+(``Pending``) instead of the reply; ``dispatch``/``dispatch_event`` run that to its end on
+a loop of their own (tests, the plugin test kit); awaiting
+it runs the hook (its scope active during each step, ``scope.scoped``) and returns the
+reply, with the same answer table. Its failure is noted in the call's own record
+(``logs.current_call()``, the worker's task sets it): many async calls run at once.
+
+Invariant: ``dispatch`` and ``dispatch_event`` never raise (``KeyboardInterrupt`` aside);
+a ``Pending`` never raises but ``CancelledError`` (the front cancelled the call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
@@ -54,11 +64,11 @@ from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker._proto import coprocess_response_object_pb2 as response_pb2
 from tykworker._proto import coprocess_session_state_pb2 as session_pb2
 from tykworker.errors import HookError, HookNotFound, PluginLoadError
-from tykworker.logs import active_call
+from tykworker.logs import active_call, current_call
 from tykworker.wire import answers
 from tykworker.wire.frames import peek_object_header
 from tykworker.wire.reasons import Reason
-from tykworker.worker.scope import Scope
+from tykworker.worker.scope import Scope, scoped
 from tykworker.worker.tyk.decorators import HandlerDecorator
 from tykworker.worker.tyk.event import TykEvent
 from tykworker.worker.tyk.gateway import CallContext, call_context, current, secrets_of
@@ -76,10 +86,18 @@ Resolver = Callable[[object_pb2.Object], Target]
 EventResolver = Callable[[str, str], Target | None]
 
 SUPPORTED_ARG_COUNTS: Final = (3, 4, 5)
+#: The reply of an async call, once awaited (see the module docstring).
+Pending = Coroutine[Any, Any, bytes]
 
 
 def dispatch(payload: bytes | bytearray, resolve: Resolver) -> bytes:
     """Run the hook named by the Object in ``payload``; return the reply Object bytes."""
+    reply = start_dispatch(payload, resolve)
+    return reply if type(reply) is bytes else asyncio.run(reply)  # type: ignore[arg-type]
+
+
+def start_dispatch(payload: bytes | bytearray, resolve: Resolver) -> bytes | Pending:
+    """``dispatch``, but an async hook's reply is ``Pending`` (its hook not started)."""
     try:
         # upb parses any buffer (a large call arrives as the bytearray it was received in)
         obj = object_pb2.Object.FromString(payload)  # type: ignore[arg-type]
@@ -111,6 +129,8 @@ def dispatch(payload: bytes | bytearray, resolve: Resolver) -> bytes:
         except Exception as exc:
             _log_failure(context, obj, exc)
             return _failure(payload, obj, Reason.HOOK_ERROR)
+        if handler.is_async:
+            return _dispatch_async(payload, obj, context, handler, scope)
         try:
             if scope is None:
                 call_hook(handler, obj)
@@ -124,6 +144,30 @@ def dispatch(payload: bytes | bytearray, resolve: Resolver) -> bytes:
         except BaseException as exc:
             _log_failure(context, obj, exc)
             return _failure(payload, obj, Reason.HOOK_ERROR)
+
+
+async def _dispatch_async(
+    payload: bytes | bytearray,
+    obj: object_pb2.Object,
+    context: CallContext,
+    handler: HandlerDecorator,
+    scope: Scope | None,
+) -> bytes:
+    """``dispatch``'s second half for an async hook (same answers)."""
+    with call_context(context):
+        try:
+            if scope is None:
+                await call_hook_async(handler, obj)
+            else:
+                await scoped(call_hook_async(handler, obj), scope)
+            drop_ignored_copies(obj)
+            return obj.SerializeToString()
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            _log_failure(context, obj, exc)
+            current_call().failure = Reason.HOOK_ERROR.code
+            return answers.failure_reply(payload, obj.hook_type, Reason.HOOK_ERROR, False)
 
 
 def oversized_reply(payload: bytes | bytearray, size: int, limit: int) -> bytes:
@@ -146,7 +190,7 @@ def oversized_reply(payload: bytes | bytearray, size: int, limit: int) -> bytes:
         Reason.HOOK_ERROR.status,
         Reason.HOOK_ERROR.message,
     )
-    active_call.failure = Reason.HOOK_ERROR.code
+    current_call().failure = Reason.HOOK_ERROR.code
     reply = answers.failure_reply(payload, hook_type, Reason.HOOK_ERROR, False)
     if len(reply) <= limit:
         return reply
@@ -218,6 +262,29 @@ def call_hook(handler: HandlerDecorator, obj: object_pb2.Object) -> None:
         )
 
 
+async def call_hook_async(handler: HandlerDecorator, obj: object_pb2.Object) -> None:
+    """``call_hook`` for an async handler: awaits what it returns."""
+    request = TykCoProcessRequest(obj.request)
+    session = obj.session
+    if handler.arg_count == 3:
+        result = _unpack(handler, await handler(request, session, obj.spec), 2)
+        _adopt(obj, request, session, result[0], result[1], None)
+    elif handler.arg_count == 4:
+        returned = await handler(request, session, session.metadata, obj.spec)
+        result = _unpack(handler, returned, 3)
+        _adopt(obj, request, session, result[0], result[1], result[2])
+    elif handler.arg_count == 5:
+        response = obj.response
+        returned = await handler(request, response, session, session.metadata, obj.spec)
+        if isinstance(returned, response_pb2.ResponseObject) and returned is not response:
+            response.CopyFrom(returned)
+    else:
+        raise HookError(
+            f"hook {handler.name} ({handler.filename}:{handler.lineno}) takes "
+            f"{handler.arg_count} positional arguments; hooks take 3, 4 or 5"
+        )
+
+
 def _unpack(handler: HandlerDecorator, result: object, size: int) -> tuple[Any, ...]:
     if not isinstance(result, (tuple, list)) or len(result) != size:
         expected = ("(request, session)", "(request, session, metadata)")[size - 2]
@@ -252,10 +319,17 @@ def _adopt(
 
 
 def dispatch_event(payload: bytes | bytearray, resolve: EventResolver) -> bytes:
+    """``start_event`` run to its end (an async handler on a loop of its own)."""
+    reply = start_event(payload, resolve)
+    return reply if type(reply) is bytes else asyncio.run(reply)  # type: ignore[arg-type]
+
+
+def start_event(payload: bytes | bytearray, resolve: EventResolver) -> bytes | Pending:
     """Run the ``@Event`` handler named in a ``coprocess.Event``. The reply is the empty
     ``EventReply`` when it ran, else one carrying the reason (``answers.event_reply``:
     ``bad_request``, ``no_hook``, ``hook_error``), also noted in ``active_call.failure``.
-    ``active_call.hook`` is set to the handler name (the worker loop tells the front)."""
+    ``active_call.hook`` is set to the handler name (the worker loop tells the front).
+    An async handler: the ``Pending`` reply (its failure goes to ``current_call()``)."""
     active_call.hook = active_call.failure = ""
     try:
         data = json.loads(object_pb2.Event.FromString(payload).payload)  # type: ignore[arg-type]
@@ -275,9 +349,31 @@ def dispatch_event(payload: bytes | bytearray, resolve: EventResolver) -> bytes:
             calls_log.warning(
                 "no @Event handler %r for API %s", name, api_id, extra=context.log_extra()
             )
+        elif target[0].is_async:
+            return _event_async(target, event, context)
         else:
             run_event(target, event)
     return answers.event_reply(active_call.failure)
+
+
+async def _event_async(target: Target, event: TykEvent, context: CallContext) -> bytes:
+    with call_context(context):
+        await run_event_async(target, event)
+    return answers.event_reply(current_call().failure)
+
+
+async def run_event_async(target: Target, event: TykEvent) -> None:
+    """``run_event`` for an async handler."""
+    handler, scope = target
+    try:
+        if scope is None:
+            await handler(event, event.spec)
+        else:
+            await scoped(handler(event, event.spec), scope)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        _event_failed(handler, exc)
 
 
 def run_event(target: Target, event: TykEvent) -> None:
@@ -292,11 +388,15 @@ def run_event(target: Target, event: TykEvent) -> None:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        active_call.failure = Reason.HOOK_ERROR.code
-        context = current()
-        calls_log.error(
-            "event handler %s failed: %s",
-            handler.name,
-            context.redact("".join(traceback.format_exception(exc)).rstrip()),
-            extra={**context.log_extra(), "hook": handler.name},
-        )
+        _event_failed(handler, exc)
+
+
+def _event_failed(handler: HandlerDecorator, exc: BaseException) -> None:
+    current_call().failure = Reason.HOOK_ERROR.code
+    context = current()
+    calls_log.error(
+        "event handler %s failed: %s",
+        handler.name,
+        context.redact("".join(traceback.format_exception(exc)).rstrip()),
+        extra={**context.log_extra(), "hook": handler.name},
+    )

@@ -1,4 +1,5 @@
-"""Worker process main loop: import plugins, connect to the front, serve one call at a time.
+"""Worker process main loop: import plugins, connect to the front, serve one call at a time
+(sync hooks), or many at once (async hooks, on the worker's event loop).
 
 Life of a worker (forked by the supervisor, never returns into supervisor code):
 1. reset signals, enable ``faulthandler`` into this worker's ``crashlog`` file (SIGABRT
@@ -7,16 +8,27 @@ Life of a worker (forked by the supervisor, never returns into supervisor code):
    bridge, then, if configured (``user``/``group``, started as root), drop privileges for
    good: no plugin code ever runs with the supervisor's credentials;
 2. import plugins (``plugins.load_runtime``); failure -> traceback logged, exit code 3;
-3. send HELLO on the bridge, report ``ready`` to the supervisor on the worker's own
+3. run the ``@OnStart`` hooks (lifecycle.py; one failing: exit code 3), send HELLO on the
+   bridge (naming the async hooks), report ``ready`` to the supervisor on the worker's own
    channel, and close that channel (plugin code keeps no descriptor of the supervisor's);
 4. loop: read what the front sent (perhaps several calls), run each call in order and
-   write its REPLY frame (same call id) before starting the next (``_run_batch``);
+   write its REPLY frame (same call id) before starting the next (``_run_batch``). A call
+   whose hook is an ``async def`` is started as a task instead (tasks.py) and the next
+   frame is read at once; its REPLY goes out when the task ends, in the first write after
+   (several replies of one loop iteration in one write). The first such call switches the
+   worker from its own epoll loop to its asyncio loop for good (``_serve_async``): a pool
+   without async hooks keeps the epoll loop and pays nothing for them;
 5. leave gracefully on SIGTERM, after ``max_requests`` calls or above ``max_rss_mb``:
    send DRAIN, keep serving whatever the front already sent, exit 0 when the front closes
-   the connection. SIGQUIT/SIGINT exit at once. Bridge EOF or a new parent pid -> exit.
+   the connection. SIGQUIT/SIGINT exit at once. Bridge EOF or a new parent pid -> exit;
+   the ``@OnStop`` hooks run first (after the last call).
 
-Invariant: one call at a time, in the order received; every DISPATCH/EVENT frame received
-gets exactly one REPLY
+Invariant: one sync call at a time, in the order received (an async call's task runs
+between, never during, sync calls); every DISPATCH/EVENT frame received
+gets exactly one REPLY (an async call the front cancelled at its deadline, ``Cancel``:
+an empty one, sent when the cancel is read, which tells the front the loop still runs; a
+call started as a task the front did not know as async, an EVENT or a hook the HELLO did
+not name, is announced by a ``Concurrent`` CONTROL frame at once)
 (the runtime never raises for plugin errors). A call the plugin failed (hook raised, no such
 hook, bad payload) is announced by a CONTROL frame ``{"op": "failed", "reason": code}``
 with the same call id right before its REPLY, so the front can count plugin errors without
@@ -58,8 +70,9 @@ from tykworker.wire.frames import (
 )
 from tykworker.wire.handoff import WorkerSpec
 from tykworker.wire.scoreboard import Scoreboard, SlotState
-from tykworker.worker import tracing
-from tykworker.worker.dispatch import oversized_reply
+from tykworker.worker import lifecycle, tracing
+from tykworker.worker.dispatch import Pending, oversized_reply
+from tykworker.worker.tasks import Tasks
 
 log = logging.getLogger("tykworker.worker")
 
@@ -111,6 +124,10 @@ class Worker:
         self.out: list[bytes] = []  # frames made, not yet sent (``_flush``)
         self.doing = "starting"  # the process title's last word(s)
         self.max_reply = settings.max_message_bytes
+        self.tasks = Tasks(self._complete)
+        self.announced: frozenset[str] = frozenset()  # the async hooks HELLO named
+        self._flush_due = False  # async mode: a flush is scheduled on the loop
+        self.bridge: socket.socket | None = None  # async mode: the bridge, for ``_flush_tasks``
 
     def run(self) -> int:
         signals = _Signals()
@@ -146,7 +163,21 @@ class Worker:
         except Exception:
             log.error("plugins failed to import:\n%s", traceback.format_exc())
             return ExitCode.PLUGIN_LOAD_ERROR
-        hello = control.Hello(self.pid, self.spec.generation, self.spec.index)
+        runtime.spawn = self.tasks.spawn
+        try:
+            lifecycle.start(runtime.lifecycle, self.tasks.loop)
+        except PluginLoadError as exc:
+            log.error("worker not started (generation %d): %s", self.spec.generation, exc)
+            runtime.close()
+            return ExitCode.PLUGIN_LOAD_ERROR
+        self.announced = frozenset(runtime.async_hooks())
+        hello = control.Hello(
+            self.pid,
+            self.spec.generation,
+            self.spec.index,
+            tuple(sorted(self.announced)),
+            self.settings.async_concurrency,
+        )
         try:
             bridge.sendall(encode_frame(FrameKind.HELLO, 0, control.encode(hello)))
             self._report_ready()
@@ -159,6 +190,9 @@ class Worker:
             log.error("bridge connection lost: %s", exc)
             return ExitCode.ERROR
         finally:
+            self.tasks.cancel_all(grace=1.0)  # answered or orphaned calls: before @OnStop
+            lifecycle.stop(runtime.lifecycle, self.tasks.loop, self.settings.graceful_timeout)
+            self.tasks.close()
             runtime.close()
 
     def _report_ready(self) -> None:
@@ -215,9 +249,54 @@ class Worker:
                 except ProtocolError as exc:
                     log.error("bridge protocol error: %s", exc)
                     return ExitCode.ERROR
+                if self.tasks.busy:  # async calls started: the event loop serves from now on
+                    poller.close()
+                    return self._serve_async(bridge, runtime, signals, decoder, buffer)
             if os.getppid() != self.parent:
                 log.warning("supervisor went away; exiting")
                 return ExitCode.OK
+
+    def _serve_async(
+        self,
+        bridge: socket.socket,
+        runtime: _Runtime,
+        signals: _Signals,
+        decoder: FrameDecoder,
+        buffer: bytearray,
+    ) -> int:
+        """``_serve`` on the worker's event loop (``Tasks.serve``): sync calls run inline
+        in the bridge's read callback, async ones as tasks. Plugin code may run whenever
+        the loop does, so a fast stop exits at once from now on."""
+        view = memoryview(buffer)
+        self.bridge = bridge
+        signals.busy = True
+
+        def on_data(size: int) -> int | None:
+            try:
+                decoder.feed(view[:size])
+                self._run_batch(bridge, runtime, decoder)
+            except ProtocolError as exc:
+                log.error("bridge protocol error: %s", exc)
+                return ExitCode.ERROR
+            return None
+
+        def on_wake() -> int | None:
+            if signals.quit:
+                return ExitCode.OK
+            if signals.drain and not self.draining:
+                self._start_drain("SIGTERM")
+                self._flush(bridge)
+            return None
+
+        alive = control.encode_frame_of(control.Alive())
+
+        def on_beat() -> None:
+            self.out.append(alive)
+            self._flush(bridge)
+
+        self._flush_tasks()  # what the batch that started the first task made
+        wake = signals.wake_r
+        return self.tasks.serve(bridge, buffer, wake, on_data, on_wake, self.parent, on_beat)
 
     def _run_batch(self, bridge: socket.socket, runtime: _Runtime, decoder: FrameDecoder) -> None:
         """Run every call whose frame is complete, in order: under load the front sends
@@ -233,13 +312,16 @@ class Worker:
             self._flush(bridge)
             handled = True
         if handled:
-            self._title("draining" if self.draining else "idle")
+            self._title(self._doing())
 
     def _handle(self, runtime: _Runtime, kind: int, call_id: int, payload: Payload) -> None:
         if kind == FrameKind.DISPATCH:
-            hook, run = peek_object_header(payload)[1], runtime.dispatch
+            hook, run = peek_object_header(payload)[1], runtime.start_dispatch
         elif kind == FrameKind.EVENT:
-            hook, run = "event", runtime.dispatch_event
+            hook, run = "event", runtime.start_event
+        elif kind == FrameKind.CONTROL:
+            self._on_control(call_id, payload)
+            return
         elif kind in tracing.PLAIN:  # the same call with a trace context (worker/tracing.py)
             tracing.run(
                 kind, payload, lambda plain, obj: self._handle(runtime, plain, call_id, obj)
@@ -252,6 +334,9 @@ class Worker:
         self._set_state(SlotState.BUSY, call_id, hook)
         self._title(f"running {hook or '?'}")
         reply = run(payload)
+        if type(reply) is not bytes:
+            self._start_task(kind, call_id, hook, payload, reply)  # type: ignore[arg-type]
+            return
         if len(reply) > self.max_reply:  # would break the bridge: a defined answer instead
             reply = oversized_reply(payload, len(reply), self.max_reply)
         logs.end_call()
@@ -265,6 +350,75 @@ class Worker:
         self.out += (head, reply)
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
+
+    def _start_task(
+        self, kind: int, call_id: int, hook: str, payload: bytes | bytearray, pending: Pending
+    ) -> None:
+        """Run an async call's ``pending`` reply as a task (``_complete`` frames it)."""
+        call = logs.active_call
+        record = logs.ActiveCall(call_id, call.hook, call.api_id, call.started)
+        logs.end_call()
+        self.tasks.start(kind, call_id, record, payload, pending)
+        if kind != FrameKind.DISPATCH or hook not in self.announced:
+            self.out.append(control.encode_frame_of(control.Concurrent(), call_id))
+        self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
+
+    def _complete(
+        self,
+        kind: int,
+        call_id: int,
+        record: logs.ActiveCall,
+        payload: bytes | bytearray,
+        reply: bytes,
+    ) -> None:
+        """An async call's task ended with ``reply``: frame it as ``_handle`` does (inside
+        the task: ``oversized_reply`` notes its failure in the call's own record)."""
+        if len(reply) > self.max_reply:
+            reply = oversized_reply(payload, len(reply), self.max_reply)
+        head = encode_header(FrameKind.REPLY, call_id, len(reply))
+        if record.failure:
+            head = control.encode_frame_of(control.Failed(record.failure), call_id) + head
+        if kind == FrameKind.EVENT:
+            head = control.encode_frame_of(control.Handler(record.hook), call_id) + head
+        self.out += (head, reply)
+        self.calls += 1
+        if not self._flush_due:
+            self._flush_due = True
+            self.tasks.loop().call_soon(self._flush_tasks)
+
+    def _flush_tasks(self) -> None:
+        """Send the replies the loop's tasks made in this iteration, in one write."""
+        self._flush_due = False
+        if not self.draining:
+            self._check_recycle()
+        self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
+        self._title(self._doing())
+        if self.bridge is not None:
+            self._flush(self.bridge)
+
+    def _on_control(self, call_id: int, payload: bytes | bytearray) -> None:
+        """The front's ``Cancel``: the async call ``call_id`` was answered at its deadline.
+        Its task is cancelled and the empty REPLY acknowledges it (none if the call
+        already replied: that late reply was the front's acknowledgement)."""
+        try:
+            message = control.decode(payload)
+        except ProtocolError as exc:
+            log.warning("bad control message from the front dropped: %s", exc)
+            return
+        if isinstance(message, control.Cancel) and self.tasks.cancel(call_id):
+            log.info("async call %d cancelled at its deadline", call_id)
+            self.out.append(encode_header(FrameKind.REPLY, call_id, 0))
+            # Hooks that go on after their cancellation hold memory the front no longer
+            # counts: past a worker's worth of them, it is replaced.
+            stale = len(self.tasks.cancelled)
+            if stale >= self.settings.async_concurrency and not self.draining:
+                self._start_drain(f"{stale} cancelled async calls still running")
+
+    def _doing(self) -> str:
+        """The title's last words between calls."""
+        if self.tasks.live:
+            return f"{'draining' if self.draining else 'running'} {len(self.tasks.live)} async"
+        return "draining" if self.draining else "idle"
 
     def _title(self, doing: str) -> None:
         """The process title says what the worker does (``ps``); set only on a change
@@ -300,25 +454,39 @@ class Worker:
         # RSS costs a /proc read: measure after every call only when recycling by memory.
         if state is not SlotState.BUSY and (self.settings.max_rss_mb or self.calls % 64 == 0):
             self.rss = self.process.memory_info().rss
+        in_flight = len(self.tasks.live)
+        started_at = time.time() if state is SlotState.BUSY else 0.0
+        if in_flight:  # async calls: the oldest one is the slot's current call
+            if state is SlotState.BUSY:
+                in_flight += 1
+            else:
+                oldest = self.tasks.oldest()
+                assert oldest is not None
+                hook, started_at = oldest.hook, oldest.started_at
+                if state is SlotState.IDLE:
+                    state = SlotState.BUSY
+        elif state is SlotState.BUSY:
+            in_flight = 1
         self.board.write_slot(
             self.spec.index,
             pid=self.pid,
             generation=self.spec.generation,
             state=state,
             call_id=call_id,
-            started_at=time.time() if state is SlotState.BUSY else 0.0,
+            started_at=started_at,
             calls=self.calls,
             rss=self.rss,
             hook=hook,
+            in_flight=in_flight,
         )
 
 
 class _Runtime(Protocol):
     """What the loop needs of ``plugins.Runtime``."""
 
-    def dispatch(self, payload: bytes | bytearray) -> bytes: ...
+    def start_dispatch(self, payload: bytes | bytearray) -> bytes | Pending: ...
 
-    def dispatch_event(self, payload: bytes | bytearray) -> bytes: ...
+    def start_event(self, payload: bytes | bytearray) -> bytes | Pending: ...
 
     def close(self) -> None: ...
 

@@ -29,6 +29,15 @@ Bundles that appear after start are loaded on first use (the bundles directory i
 re-listed when its mtime changes). An empty hook name is never matched to a handler
 (``dispatch`` refuses an auth call with one before lookup, with 403).
 
+Lifecycle hooks (``@OnStart``/``@OnStop``) of every scope loaded at start are kept in
+load order (``Runtime.lifecycle``); the worker runs them (worker/lifecycle.py). A bundle
+loaded later has its lifecycle hooks ignored, with a warning.
+
+Async hooks: ``Runtime.async_hooks()`` names the Dispatch hooks of the scopes loaded so far
+whose handler is an ``async def`` (the worker announces them to the front); Dispatch runs
+them as ``dispatch.Pending`` replies. ``trigger_event`` of an async ``@Event`` handler
+starts it as a task of the worker's loop (``Runtime.spawn``) and returns at once.
+
 Invariants: ``load_runtime`` imports every scope that exists at start and raises
 ``PluginLoadError`` (file, line, traceback) if any fails, so a bad reload never replaces
 good workers. Each handler runs with its own scope active.
@@ -43,18 +52,27 @@ import logging
 import os
 import re
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 from tykworker.config import Settings
 from tykworker.errors import HookNotFound, PluginLoadError
-from tykworker.store import Store, open_store
+from tykworker.store import Store, StoreThreads, open_store
 from tykworker.worker import tyk as shims
 from tykworker.worker.capture import Capture
-from tykworker.worker.dispatch import Target, dispatch, dispatch_event, run_event
+from tykworker.worker.dispatch import (
+    Pending,
+    Target,
+    dispatch,
+    dispatch_event,
+    run_event,
+    run_event_async,
+    start_dispatch,
+    start_event,
+)
 from tykworker.worker.scope import Scope, install_finder
 from tykworker.worker.tyk import gateway as gateway_api
 from tykworker.worker.tyk.decorators import HandlerDecorator, collecting
@@ -79,6 +97,8 @@ class Registry:
     events: dict[str, HandlerDecorator] = field(default_factory=dict)
     #: Per-handler scopes of a merged bundle (each part has its own); else ``scope``.
     scopes: dict[int, Scope] = field(default_factory=dict)
+    #: ``@OnStart``/``@OnStop`` handlers, in definition order.
+    lifecycle: list[HandlerDecorator] = field(default_factory=list)
 
     def scope_of(self, handler: HandlerDecorator) -> Scope | None:
         return self.scopes.get(id(handler), self.scope)
@@ -103,12 +123,15 @@ def build_registry(
     registry = Registry(label, scope)
     seen: dict[str, HandlerDecorator] = {}
     for handler in handlers:
-        if events_only and not handler.is_event:
+        if events_only and not handler.is_event and not handler.is_lifecycle:
             raise PluginLoadError(
                 f"{handler.filename}:{handler.lineno}: @Hook {handler.name} in {label}, which "
                 "holds @Event handlers only: hooks are served from the middleware directory "
                 "or a bundle; move it there"
             )
+        if handler.is_lifecycle:
+            registry.lifecycle.append(handler)
+            continue
         first = seen.setdefault(handler.name, handler)
         if first is not handler:
             raise PluginLoadError(
@@ -223,6 +246,10 @@ def merge_registries(label: str, parts: list[Registry]) -> Registry:
                 into[name] = handler
                 if part.scope is not None:
                     merged.scopes[id(handler)] = part.scope
+        for handler in part.lifecycle:
+            merged.lifecycle.append(handler)
+            if part.scope is not None:
+                merged.scopes[id(handler)] = part.scope
     return merged
 
 
@@ -262,6 +289,7 @@ class BundleSet:
         self._loaded: dict[str, Registry | PluginLoadError] = {}
         self._mtime: float | None = None
         self._pending = False
+        self.started = False  # the worker serves: lifecycle hooks of new bundles are ignored
 
     def _rescan(self, bundle_hash: str = "") -> None:
         # Cheap on the hot path: re-list only when the directory changed or a bundle was
@@ -314,6 +342,11 @@ class BundleSet:
                 )
             for key in bundle_keys(path.name):
                 self._loaded[key] = result
+            if self.started and isinstance(result, Registry) and result.lifecycle:
+                log.warning(
+                    "bundle %s loaded after start: its @OnStart/@OnStop hooks do not run",
+                    path.name,
+                )
         result = self._loaded[bundle_hash]
         if isinstance(result, PluginLoadError):
             raise result
@@ -328,17 +361,28 @@ class Runtime:
     """Everything a worker needs to answer calls. See the module docstring for lookup."""
 
     def __init__(
-        self, middleware: Registry, event_handlers: Registry, bundles: BundleSet, store: Store
+        self,
+        middleware: Registry,
+        event_handlers: Registry,
+        bundles: BundleSet,
+        store: Store,
+        store_threads: StoreThreads | None = None,
     ) -> None:
         self.middleware = middleware
         self.event_handlers = event_handlers
         self.bundles = bundles
         self.store = store
+        #: The store for async hooks (``None``: they call ``store`` directly).
+        self.store_threads = store_threads
         # APIID -> bundle, learned from Dispatch calls: events carry no bundle_hash.
         self._api_bundles: dict[str, Registry] = {}
         self._event_depth = 0
         #: ``serve --capture``: records each call before it runs; ``None`` when off.
         self.capture: Capture | None = None
+        #: Starts a coroutine as a task of the worker's loop (set by the worker).
+        self.spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None
+        #: Lifecycle hooks of the scopes loaded at start, with their scopes.
+        self.lifecycle: list[Target] = []
 
     def dispatch(self, payload: bytes | bytearray) -> bytes:
         """``coprocess.Object`` bytes -> reply Object bytes. Never raises."""
@@ -350,15 +394,41 @@ class Runtime:
         """``coprocess.Event`` bytes -> ``EventReply`` bytes (empty). Never raises."""
         return dispatch_event(payload, self._resolve_event)
 
+    def start_dispatch(self, payload: bytes | bytearray) -> bytes | Pending:
+        """``dispatch``; an async hook's reply is ``Pending`` (the worker's loop runs it)."""
+        if self.capture is not None and not self.capture.record(payload):
+            self.capture = None
+        return start_dispatch(payload, self._resolve)
+
+    def start_event(self, payload: bytes | bytearray) -> bytes | Pending:
+        """``dispatch_event``; an async handler's reply is ``Pending``."""
+        return start_event(payload, self._resolve_event)
+
+    def registries(self) -> list[Registry]:
+        """Every scope's table loaded so far."""
+        return [self.middleware, self.event_handlers, *self.bundles.loaded()]
+
+    def async_hooks(self) -> tuple[str, ...]:
+        """Names of the Dispatch hooks loaded so far whose handler is an ``async def``."""
+        names = {h.name for r in self.registries() for h in r.hooks.values() if h.is_async}
+        return tuple(sorted(names))
+
+    def collect_lifecycle(self) -> None:
+        """Note the lifecycle hooks of every scope loaded now (at start)."""
+        self.lifecycle = [(h, r.scope_of(h)) for r in self.registries() for h in r.lifecycle]
+        self.bundles.started = True
+
     def activate(self) -> None:
         """Point the gateway API (``store_data``, ``trigger_event``) at this runtime (a
         worker has one runtime; an in-process test may hold several)."""
-        gateway_api.bind(self.store, self.trigger_event)
+        gateway_api.bind(self.store, self.trigger_event, self.store_threads)
 
     def close(self) -> None:
         """Release store connections; the gateway API stops using this runtime."""
         gateway_api.bind(None, None)
         self.store.close()
+        if self.store_threads is not None:
+            self.store_threads.close()
 
     def _resolve(self, obj: object_pb2.Object) -> Target:
         registry = self.middleware
@@ -403,6 +473,12 @@ class Runtime:
                 "spec": {"APIID": context.api_id, "OrgID": context.spec.get("OrgID", "")},
             }
         )
+        if target[0].is_async:
+            if self.spawn is None:
+                log.warning("trigger_event: async handler %s needs a worker", name)
+                return 0
+            self.spawn(run_event_async(target, event))
+            return 1
         self._event_depth += 1
         try:
             run_event(target, event)
@@ -423,10 +499,12 @@ def load_runtime(settings: Settings) -> Runtime:
     """
     shims.install()
     install_finder()
-    store = open_store(settings.resolved_runtime_dir(), settings.redis_url)
+    runtime_dir, redis_url = settings.resolved_runtime_dir(), settings.redis_url
+    store = open_store(runtime_dir, redis_url)
+    threads = StoreThreads(lambda: open_store(runtime_dir, redis_url))
     bundles = BundleSet(Path(settings.bundles) if settings.bundles else None)
     # Bound before any import: plugins may call the gateway API at import time.
-    runtime = Runtime(Registry("middleware"), Registry("event_handlers"), bundles, store)
+    runtime = Runtime(Registry("middleware"), Registry("event_handlers"), bundles, store, threads)
     runtime.activate()
     try:
         runtime.middleware = load_directory("middleware", Path(settings.middleware))
@@ -437,5 +515,6 @@ def load_runtime(settings: Settings) -> Runtime:
     except BaseException:
         runtime.close()
         raise
+    runtime.collect_lifecycle()
     runtime.capture = Capture.from_settings(settings)
     return runtime

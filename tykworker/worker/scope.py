@@ -21,7 +21,9 @@ Invariants:
 * Outside ``active()``, ``sys.modules`` holds no module of any scope under a bare name.
 * Inside, it holds the modules of exactly one scope, the innermost active one.
 * Loading and calls are single-threaded in a worker (one call at a time), which is what
-  makes swapping ``sys.modules`` entries safe.
+  makes swapping ``sys.modules`` entries safe. Async hooks (many calls at once on one
+  event loop) are awaited through ``scoped``: their scope is active during each step of
+  the coroutine and never across an ``await``, where other calls' steps run.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ import importlib.machinery
 import importlib.util
 import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
-from typing import Final
+from typing import Any, Final, Generic, TypeVar
+
+T = TypeVar("T")
 
 #: Names a plugin file can never shadow (besides the standard library and ``coprocess_*``).
 RESERVED_NAMES: Final = frozenset(
@@ -151,6 +155,34 @@ class Scope:
 
     def __repr__(self) -> str:
         return f"<Scope {self.label} {self.root}>"
+
+
+class scoped(Generic[T]):  # used like a function: ``await scoped(coro, scope)``
+    """Await ``coro`` with ``scope`` active during each of its steps (see the module
+    docstring); the coroutine's awaits, results and exceptions (cancellation included)
+    pass through unchanged."""
+
+    __slots__ = ("coro", "scope")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], scope: Scope) -> None:
+        self.coro = coro
+        self.scope = scope
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, scope = self.coro, self.scope
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            with scope.active():
+                try:
+                    step = coro.send(value) if error is None else coro.throw(error)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
+            try:
+                value, error = (yield step), None
+            except BaseException as exc:  # cancellation, close(): into the coroutine
+                value, error = None, exc
 
 
 def _pop_children(package: str) -> dict[str, ModuleType]:

@@ -12,6 +12,12 @@ A decorator wraps a plain function in a handler object that remembers the functi
   ``Response`` -> 5. A function that cannot take that many positional arguments is rejected
   at decoration time (``TypeError``, so the plugin fails to import with file and line).
 * ``Event`` handlers take ``(event, spec)``.
+* Any of them may decorate an ``async def`` (``is_async``): the worker awaits it on its
+  own event loop, many calls at once (worker/loop.py); the calling convention is the same.
+* ``OnStart``/``OnStop`` (lifecycle hooks, sync or async) take no arguments: each worker
+  calls every ``OnStart`` once after importing the plugins and before its first call
+  (open a connection pool, an HTTP client), and every ``OnStop`` once when it leaves
+  after its last call (close them). They are never Dispatch or event handlers.
 
 Invariants:
 * Calling a handler calls the function with the same arguments and returns its result; the
@@ -26,7 +32,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from inspect import getfullargspec
+from inspect import getfullargspec, iscoroutinefunction
 from typing import Any, ClassVar
 
 from tykworker._proto import coprocess_common_pb2 as common_pb2
@@ -36,6 +42,8 @@ __all__ = [
     "Event",
     "HandlerDecorator",
     "Hook",
+    "OnStart",
+    "OnStop",
     "Post",
     "PostKeyAuth",
     "Pre",
@@ -61,6 +69,8 @@ class HandlerDecorator:
         self.f = f
         self.name: str = getattr(f, "__name__", repr(f))
         self.arg_count: int = self._arg_count(f)
+        #: An ``async def``: calling the handler returns a coroutine to await.
+        self.is_async: bool = iscoroutinefunction(f)
         functools.update_wrapper(self, f)
         code = getattr(f, "__code__", None)
         self.filename: str = code.co_filename if code else "<unknown>"
@@ -90,10 +100,16 @@ class HandlerDecorator:
             4: "request, session, metadata, spec",
             5: "request, response, session, metadata, spec",
             2: "event, spec",
+            0: "no arguments",
         }.get(self.convention or 0, "")
 
     @property
     def is_event(self) -> bool:
+        return False
+
+    @property
+    def is_lifecycle(self) -> bool:
+        """``OnStart``/``OnStop``: called by the worker itself, never by a call."""
         return False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -151,6 +167,28 @@ class Event(HandlerDecorator):
 
     @property
     def is_event(self) -> bool:
+        return True
+
+
+class OnStart(HandlerDecorator):
+    """Called once per worker, without arguments, before its first call (sync or async);
+    an exception stops the worker from serving (reported like a plugin import error)."""
+
+    convention = 0
+
+    @property
+    def is_lifecycle(self) -> bool:
+        return True
+
+
+class OnStop(HandlerDecorator):
+    """Called once per worker, without arguments, after its last call (drain, recycling,
+    reload, stop); an exception is logged."""
+
+    convention = 0
+
+    @property
+    def is_lifecycle(self) -> bool:
         return True
 
 

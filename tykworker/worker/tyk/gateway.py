@@ -6,6 +6,9 @@ and its Go side, ``gateway/coprocess_api.go``):
 * ``store_data(key, value, ttl)`` stores under ``"coprocess-data:" + key``, ``ttl`` in
   seconds (``<= 0``: no expiry); ``get_data(key)`` returns ``bytes``, ``b""`` when missing
   or on error. Store errors are logged, never raised into the plugin.
+* ``await store_data_async(...)``/``await get_data_async(key)`` (tykworker's, for async
+  hooks): the same, without blocking the worker's event loop (``store.StoreThreads``;
+  without them, in a test runtime, the store is called directly).
 * ``log(message, level)``: ``debug``/``error``/``warning`` or info, to the
   ``tykworker.plugins`` logger with the current hook name in ``extra``.
 * ``trigger_event(name, payload)``: there is no call back into the gateway, so it runs the
@@ -27,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tykworker.store import Store
+from tykworker.store import Store, StoreThreads
 
 __all__ = ["TykGateway"]
 
@@ -76,15 +79,19 @@ _NO_CALL: Final = CallContext()
 class _Binding:
     store: Store | None = None
     trigger: EventTrigger | None = None
+    threads: StoreThreads | None = None
 
 
 _binding = _Binding()
 
 
-def bind(store: Store | None, trigger: EventTrigger | None) -> None:
-    """Point the gateway API at a runtime's store and event trigger."""
+def bind(
+    store: Store | None, trigger: EventTrigger | None, threads: StoreThreads | None = None
+) -> None:
+    """Point the gateway API at a runtime's store, event trigger and store threads."""
     _binding.store = store
     _binding.trigger = trigger
+    _binding.threads = threads
 
 
 def current() -> CallContext:
@@ -176,6 +183,32 @@ class TykGateway:
             value = store.get(data_key(str(key)))
         except Exception as exc:
             _log_store_error("get_data", key, exc)
+            return b""
+        return b"" if value is None else value
+
+    @staticmethod
+    async def store_data_async(key: str, value: str | bytes, ttl: int = 0) -> None:
+        """``store_data`` for async hooks: awaits the store without blocking the loop."""
+        data = _as_bytes(value)
+        threads = _binding.threads
+        if threads is None:
+            TykGateway.store_data(key, data, ttl)
+            return
+        try:
+            await threads.set(data_key(str(key)), data, int(ttl))
+        except Exception as exc:
+            _log_store_error("store_data_async", key, exc)
+
+    @staticmethod
+    async def get_data_async(key: str) -> bytes:
+        """``get_data`` for async hooks: awaits the store without blocking the loop."""
+        threads = _binding.threads
+        if threads is None:
+            return TykGateway.get_data(key)
+        try:
+            value = await threads.get(data_key(str(key)))
+        except Exception as exc:
+            _log_store_error("get_data_async", key, exc)
             return b""
         return b"" if value is None else value
 
