@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -60,6 +61,9 @@ class ActiveCall:
     api_id: str = ""
     started: float = 0.0  # time.monotonic()
     failure: str = ""  # reasons.Reason.code when tykworker answered for the hook
+    #: Called once with this record when the call ends (its trace span, worker/tracing.py);
+    #: an async call's record takes it over from the active call.
+    on_end: Callable[[ActiveCall], None] | None = None
 
 
 active_call: Final = ActiveCall()

@@ -94,6 +94,19 @@ def test_a_call_span_is_the_child_of_the_callers_span(start_server, receiver, pr
     assert child.attributes["plugin.attr"] == "yes"
 
 
+def test_an_async_hooks_span_lasts_until_the_hook_returns(start_server, receiver):
+    """An async hook runs as a task after the frame was handled: its span ends when the
+    task does (not when the task was started), and the hook's own span is its child."""
+    server = _start(start_server, receiver, "grpc", "--workers", "1")
+    _dispatch(server, "TracedAsync", [("traceparent", TRACEPARENT)], headers={"Sleep": "0.2"})
+    [span] = receiver.wait(lambda s: s.name == "TracedAsync")
+    assert (span.trace_id, span.parent_span_id) == (TRACE_ID, PARENT_ID)
+    assert span.attributes["tykworker.outcome"] == "ok"
+    assert span.end_ns - span.start_ns >= 200_000_000  # the hook's 0.2 s await is inside
+    [child] = receiver.wait(lambda s: s.name == "async plugin work")
+    assert (child.trace_id, child.parent_span_id) == (TRACE_ID, span.span_id)
+
+
 def test_a_call_without_a_trace_context_makes_no_span(start_server, receiver):
     server = _start(start_server, receiver, "grpc", "--workers", "1")
     _dispatch(server, "Traced", [])

@@ -357,6 +357,7 @@ class Worker:
         """Run an async call's ``pending`` reply as a task (``_complete`` frames it)."""
         call = logs.active_call
         record = logs.ActiveCall(call_id, call.hook, call.api_id, call.started)
+        record.on_end, call.on_end = call.on_end, None  # its trace span ends with the task
         logs.end_call()
         self.tasks.start(kind, call_id, record, payload, pending)
         if kind != FrameKind.DISPATCH or hook not in self.announced:

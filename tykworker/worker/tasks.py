@@ -99,8 +99,14 @@ class Tasks:
             self.live.pop(call_id, None)
         if call_id in self.cancelled:  # whatever the hook did then, it is too late
             self.cancelled.discard(call_id)
+            reply = None
         elif reply is not None:
             self.complete(kind, call_id, record, payload, reply)
+        if record.on_end is not None:  # the call's trace span
+            end, record.on_end = record.on_end, None
+            if reply is None:
+                record.failure = record.failure or "cancelled"
+            end(record)
 
     def serve(
         self,

@@ -100,23 +100,33 @@ def run(kind: int, payload: bytes | bytearray, handle: Handle) -> None:
         kind=SpanKind.SERVER,
         start_time=setup.wall_ns(context.arrived),
     )
-    with trace.use_span(span, end_on_exit=False):
-        handle(plain, body)
-    call = logs.active_call
-    if call.hook and call.hook != hook:
-        span.update_name(call.hook)  # an event's handler name, known once it ran
-    outcome = call.failure or "ok"
-    span.set_attributes(
-        {
-            "tykworker.hook.name": call.hook,
-            "tykworker.hook.type": hook_type,
-            "tyk.api.id": call.api_id,
-            "tykworker.worker.pid": os.getpid(),
-            "tykworker.generation": _generation,
-            "tykworker.outcome": outcome,
-            "tykworker.queue_wait_s": context.queue_wait,
-        }
-    )
-    if call.failure:
-        span.set_status(Status(StatusCode.ERROR, call.failure))
-    span.end()
+
+    def finish(call: logs.ActiveCall) -> None:
+        """End the span with what the call's record says (an async call: when its task
+        ends, from the record the task took over)."""
+        if call.hook and call.hook != hook:
+            span.update_name(call.hook)  # an event's handler name, known once it ran
+        outcome = call.failure or "ok"
+        span.set_attributes(
+            {
+                "tykworker.hook.name": call.hook,
+                "tykworker.hook.type": hook_type,
+                "tyk.api.id": call.api_id,
+                "tykworker.worker.pid": os.getpid(),
+                "tykworker.generation": _generation,
+                "tykworker.outcome": outcome,
+                "tykworker.queue_wait_s": context.queue_wait,
+            }
+        )
+        if call.failure:
+            span.set_status(Status(StatusCode.ERROR, call.failure))
+        span.end()
+
+    logs.active_call.on_end = finish
+    try:
+        with trace.use_span(span, end_on_exit=False):  # an async hook's task inherits it
+            handle(plain, body)
+    finally:
+        if logs.active_call.on_end is finish:  # served now, not handed to a task
+            logs.active_call.on_end = None
+            finish(logs.active_call)

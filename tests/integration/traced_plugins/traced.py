@@ -39,3 +39,13 @@ def Raise(request, session, spec):
 def Crash(request, session, spec):
     """The worker dies in the middle of the call: the front answers it (crash)."""
     os._exit(9)
+
+
+@Hook  # noqa: F405
+async def TracedAsync(request, session, spec):
+    """An async hook: its span lasts until the hook returns, its own span is a child."""
+    import asyncio
+
+    with tracer.start_as_current_span("async plugin work"):
+        await asyncio.sleep(float(request.get_header("Sleep") or "0.2"))
+    return request, session
