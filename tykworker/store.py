@@ -127,11 +127,24 @@ class SQLiteStore:
                 side = Path(f"{self.path}{suffix}")
                 if mine != (0, 0) and _identity(side) == mine:
                     side.unlink(missing_ok=True)
-            self._conn = self._open()
+            self._conn = self._open_locked()
         finally:
             os.close(directory)  # releases the lock
 
     def _open(self) -> sqlite3.Connection:
+        """Open (or create) the file under the directory's exclusive ``flock``: a worker
+        creating the file and another reopening it (``_reopen``) would otherwise race on
+        the WAL switch and the table creation, which take locks SQLite does not wait for
+        ("database is locked" at once, and that worker's store calls fail)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            return self._open_locked()
+        finally:
+            os.close(directory)  # releases the lock
+
+    def _open_locked(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path,

@@ -322,3 +322,32 @@ def test_a_locked_store_fails_a_write_within_the_store_timeout(store_path: Path)
     store.set("k", b"v", 0)
     assert store.get("k") == b"v"
     store.close()
+
+
+def _first_open_and_write(path: str, start: float) -> None:
+    """In a fresh process: wait for ``start`` (all processes at once), open the store at
+    ``path`` for the first time and write (SQLiteStore raises if that fails)."""
+    while time.time() < start:
+        pass
+    store = SQLiteStore(Path(path))
+    store.set("k", b"v", 0)
+    store.close()
+
+
+def test_workers_creating_the_file_at_once_all_get_a_store(tmp_path: Path) -> None:
+    """A deleted store file is created again by whichever worker comes first; others open
+    it at the same moment. The WAL switch and the table creation take locks SQLite does not
+    wait for, so without the directory lock some opens failed with "database is locked"."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(15):
+        path = tmp_path / f"round{attempt}" / STORE_FILENAME
+        path.parent.mkdir()
+        start = time.time() + 0.2
+        procs = [
+            ctx.Process(target=_first_open_and_write, args=(str(path), start)) for _ in range(4)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+        assert [proc.exitcode for proc in procs] == [0] * 4, f"round {attempt}"
