@@ -72,16 +72,18 @@ def options(settings: Settings, cap: int) -> list[tuple[str, int]]:
     """grpcio's channel arguments for ``settings``, with at most ``cap`` connections (the
     front's ``Guard`` cap: ``max_connections`` or the descriptor limit minus the bridge's
     reserve). Same values as the native front's (``h2.state.Limits``): a message over
-    ``max_message_mb`` gets RESOURCE_EXHAUSTED, a header list over the soft limit too (over
-    the hard one the connection ends), a connection without its preface and SETTINGS after
-    ``preface_timeout`` is closed, one without calls for ``idle_timeout`` gets GOAWAY."""
+    ``max_message_mb`` gets RESOURCE_EXHAUSTED, a header list over 64 KiB too, a connection
+    without its preface and SETTINGS after ``preface_timeout`` is closed, one without calls
+    for ``idle_timeout`` gets GOAWAY."""
     limits = Limits()
     values = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", limits.max_streams),
+        # Soft = hard: between the two grpcio refuses at random; the native front refuses
+        # every header list over its soft limit (its hard one only ends the connection).
         ("grpc.max_metadata_size", limits.max_header_list),
-        ("grpc.absolute_max_metadata_size", limits.hard_header_list),
+        ("grpc.absolute_max_metadata_size", limits.max_header_list),
         ("grpc.max_allowed_incoming_connections", cap),
         ("grpc.server_handshake_timeout_ms", round(settings.preface_timeout * 1000)),
         ("grpc.so_reuseport", 0),
