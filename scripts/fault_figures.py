@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,6 +35,7 @@ from tests.integration.conftest import (
     PLUGINS,
     Server,
     busy_with,
+    make_object,
     session_processes,
     wait_for,
 )
@@ -309,9 +311,83 @@ def front_crash() -> None:
         )
 
 
+def stuck_in_c_all_killed() -> None:
+    """SIGKILL of the supervisor and the front while a hook sleeps in C (libc.sleep,
+    SIGTERM blocked): the worker's watchdog kills it ``graceful_timeout`` later."""
+    with server("--workers", "1", "--hook-timeout", "600", "--graceful-timeout", "2") as srv:
+        (worker,) = srv.worker_pids()
+        front = srv.front_pid()
+        failed = Counter[str]()
+
+        def call() -> None:
+            try:
+                srv.dispatch("Chaos", headers={"Do": "csleep", "Call-Id": "1"})
+            except Exception as exc:  # the front dies under it
+                failed[type(exc).__name__] += 1
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        wait_for(lambda: busy_with(srv, "Chaos"))
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        os.kill(front, signal.SIGKILL)
+        start = time.monotonic()
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(10)
+
+        def gone() -> bool:
+            try:
+                return psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                return True
+
+        wait_for(gone, timeout=60)
+        row(
+            "SIGKILL of the supervisor and the front, the worker's hook in `libc.sleep` "
+            "(SIGTERM blocked), `graceful_timeout` 2 s",
+            1,
+            Counter(),
+            f"the call failed with the front ({dict(failed)}); the worker was SIGKILLed by "
+            f"its watchdog {time.monotonic() - start:.2f} s after the supervisor",
+        )
+
+
+def grpcio_front_crash() -> None:
+    """SIGKILL of the grpcio front (idle server), 3 times: how long its socket refuses."""
+    with server("--workers", "2", "--front", "grpcio") as srv:
+        payload = make_object("Echo").SerializeToString()
+        notes = []
+        for _ in range(3):
+            time.sleep(10.5)  # a front that ran STABLE_AFTER: its first crash in a row
+            front = srv.front_pid()
+            os.kill(front, signal.SIGKILL)
+            start = time.monotonic()
+            refused, until = 0, 0.0
+            while True:
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(srv.socket)
+                except OSError:
+                    refused, until = refused + 1, time.monotonic() - start
+                    time.sleep(0.001)  # a tight loop would slow the new front down
+                    continue
+                finally:
+                    probe.close()
+                # A new channel: one that saw the old front die waits out its reconnect
+                # backoff (1 s for grpc-go too).
+                with grpc.insecure_channel("unix://" + srv.socket) as channel:
+                    try:
+                        channel.unary_unary("/coprocess.Dispatcher/Dispatch")(payload, timeout=2)
+                        break
+                    except grpc.RpcError:
+                        continue
+            notes.append(f"{refused} refused until {until:.2f} s, served at "
+                         f"{time.monotonic() - start:.2f} s")  # fmt: skip
+        row("SIGKILL of the grpcio front, 3 times (idle)", 0, Counter(), "; ".join(notes))
+
+
 if __name__ == "__main__":
     print("| scenario | sent | answered | answered with | lost | notes |")
     print("|---|---|---|---|---|---|")
     scenarios = (oversized, systemd_stuck, store_faults, reload_trapped, dead_supervisor)
-    for scenario in (*scenarios, front_crash):
+    for scenario in (*scenarios, front_crash, stuck_in_c_all_killed, grpcio_front_crash):
         scenario()

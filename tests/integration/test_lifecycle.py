@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -123,6 +124,33 @@ def test_dead_supervisor_takes_a_worker_stuck_in_c_down(start_server):
     assert result["reply"].request.return_overrides.response_code == 504
     wait_for(lambda: not session_processes(server.proc.pid), what="every process gone")
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+
+
+def test_worker_stuck_in_c_dies_when_supervisor_and_front_are_both_killed(start_server):
+    """SIGKILL of the supervisor *and* the front while a hook is stuck in C code that
+    releases the GIL (``libc.sleep``, SIGTERM blocked): nothing is left to kill that
+    worker but itself. Its watchdog thread (worker/watchdog.py) sees the supervisor gone
+    and kills its process group ``graceful_timeout`` later."""
+    server = start_server(
+        "--workers", "1", "--hook-timeout", "600", "--graceful-timeout", "1"
+    )  # fmt: skip
+    (worker,) = server.worker_pids()
+    front = server.front_pid()
+
+    def call() -> None:
+        with contextlib.suppress(grpc.RpcError):  # the front dies under it
+            server.dispatch("Chaos", headers={"Do": "csleep", "Call-Id": "1"})
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    wait_for(lambda: busy_with(server, "Chaos"), what="worker stuck in C")
+    os.kill(server.proc.pid, signal.SIGSTOP)  # so that no new front is started
+    os.kill(front, signal.SIGKILL)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    wait_for(lambda: not session_processes(server.proc.pid), timeout=30, what="worker gone")
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+    assert "this worker still busy: killing it" in server.log()
 
 
 def test_new_server_starts_on_the_socket_while_the_orphaned_front_drains(

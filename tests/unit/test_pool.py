@@ -77,6 +77,19 @@ def test_clean_exit_refills_at_once_and_stable_worker_resets_backoff():
     assert round(pool.next_wakeup(100) or 0, 6) == 0.1
 
 
+def test_front_crash_respawns_at_once_then_backs_off():
+    """Nothing is served without a front (and the grpcio front's socket refuses
+    connections while none runs): its first crash in a row respawns it in the same plan;
+    a crash loop still backs off."""
+    pool, _ = boot(1)
+    pool.exited(100, None, 50)  # SIGKILL of a front that had served for 50 s
+    assert pool.plan(50) == [SpawnFront()]
+    pool.spawned(101, 0, 0, 50)
+    pool.exited(101, 1, 50.5)  # again at once: now the backoff
+    assert pool.plan(50.5) == []
+    assert round(pool.next_wakeup(50.5) or 0, 6) == BACKOFF_START
+
+
 def test_stuck_worker_gets_sigabrt_then_sigkill_then_refill():
     pool, pids = boot(1)
     pool.stuck(pids[0], 10)

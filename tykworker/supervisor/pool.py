@@ -24,7 +24,10 @@ Invariants:
   only when no reload is left to do (a storm of N SIGHUPs reports once).
 * Abnormal exits of current-generation workers respawn with exponential backoff per seat
   (0.1 s doubling to 30 s); a process alive for more than ``STABLE_AFTER`` seconds resets
-  its seat's backoff. A crash loop never stops the supervisor: it reports ``degraded``.
+  its seat's backoff. The front's first crash in a row respawns it at once (nothing is
+  served without a front; the grpcio front's socket refuses connections until then), the
+  next ones back off like a worker's. A crash loop never stops the supervisor: it
+  reports ``degraded``.
 * At first start, an import failure stops the whole server with exit code 3.
 * Stop: the front drains first (it answers every call it accepted), then workers get
   SIGTERM, then SIGKILL after ``graceful_timeout``.
@@ -181,7 +184,10 @@ class Pool:
             self.failures.pop(key, None)
         count = self.failures.get(key, 0) + 1
         self.failures[key] = count
-        self.not_before[key] = now + min(BACKOFF_START * 2 ** (count - 1), BACKOFF_MAX)
+        # The front's first crash in a row: at once (nothing serves without it), then 0.1 s...
+        backoffs = count - 1 - proc.is_front
+        delay = 0.0 if backoffs < 0 else min(BACKOFF_START * 2**backoffs, BACKOFF_MAX)
+        self.not_before[key] = now + delay
         self.restarts += not import_failed  # counted apart: it never served
 
     def reload(self, target: int | None = None) -> None:

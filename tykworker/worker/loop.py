@@ -21,7 +21,9 @@ Life of a worker (forked by the supervisor, never returns into supervisor code):
 5. leave gracefully on SIGTERM, after ``max_requests`` calls or above ``max_rss_mb``:
    send DRAIN, keep serving whatever the front already sent, exit 0 when the front closes
    the connection. SIGQUIT/SIGINT exit at once. Bridge EOF or a new parent pid -> exit;
-   the ``@OnStop`` hooks run first (after the last call).
+   the ``@OnStop`` hooks run first (after the last call);
+   ``graceful_timeout`` after the supervisor died, the watchdog thread (watchdog.py)
+   SIGKILLs a worker whose hook never returned.
 
 Invariant: one sync call at a time, in the order received (an async call's task runs
 between, never during, sync calls); every DISPATCH/EVENT frame received
@@ -70,7 +72,7 @@ from tykworker.wire.frames import (
 )
 from tykworker.wire.handoff import WorkerSpec
 from tykworker.wire.scoreboard import Scoreboard, SlotState
-from tykworker.worker import lifecycle, tracing
+from tykworker.worker import lifecycle, tracing, watchdog
 from tykworker.worker.dispatch import Pending, oversized_reply
 from tykworker.worker.tasks import Tasks
 
@@ -131,6 +133,8 @@ class Worker:
 
     def run(self) -> int:
         signals = _Signals()
+        # Supervisor gone: killed after graceful_timeout even if a hook never returns.
+        watchdog.start(self.parent, self.settings.graceful_timeout)
         # Fatal-signal stacks go to a file the supervisor logs with the call it killed
         # (crashlog.py); kept open for the life of the process.
         self.stack_file = crashlog.enable(

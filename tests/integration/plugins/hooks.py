@@ -128,6 +128,13 @@ def _chaos_child(detach):
     subprocess.Popen(["sleep", "30.25"], start_new_session=detach)
 
 
+def _sleep_in_c():
+    # Stuck in C for good, GIL released (like a C library's blocking call that retries on
+    # EINTR): SIGTERM blocked here so that it cannot cut the sleep short.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    ctypes.CDLL(None).sleep(3600)
+
+
 def _fail():
     raise RuntimeError("plugin failure on purpose")
 
@@ -139,6 +146,7 @@ _CHAOS = {
     "raise": lambda: _fail(),
     "exit": lambda: os._exit(7),
     "segv": lambda: ctypes.string_at(0),
+    "csleep": lambda: _sleep_in_c(),
     "leak": lambda: _leak.append(bytearray(8 * 1024 * 1024)),
     "orphan": lambda: _chaos_child(False),
     "daemon": lambda: _chaos_child(True),
