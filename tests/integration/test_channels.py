@@ -27,14 +27,29 @@ def _pid_of(server: Server, hook: str) -> int:
     return int(reply.request.set_headers["X-Worker-Pid"])
 
 
+def _serving(server: Server) -> set[int]:
+    """Workers whose process title says they finished starting (``idle``/``running``)."""
+    out = set()
+    for pid in server.worker_pids():
+        with contextlib.suppress(OSError):
+            if "starting" not in Path(f"/proc/{pid}/cmdline").read_text():
+                out.add(pid)
+    return out
+
+
 def _assert_healthy(server: Server, workers: set[int], spared: set[int]) -> None:
     """The supervisor is alive and still reaps/refills (a signal round trip), ``spared``
     workers were not killed, calls are served by a full pool."""
     assert server.proc.poll() is None, server.log()
     server.signal(signal.SIGTTIN)  # the supervisor must still read its wake-up socket
-    wait_for(lambda: len(server.worker_pids()) == len(workers) + 1, what="a worker more")
+    # ... and the new worker is serving (not still importing the hostile plugin, whose
+    # import-time attack a retirement would race with), before the pool shrinks again.
+    wait_for(lambda: len(_serving(server)) == len(workers) + 1, what="a worker more")
     server.signal(signal.SIGTTOU)
-    wait_for(lambda: len(server.worker_pids()) == len(workers), what="a worker less")
+    try:
+        wait_for(lambda: len(server.worker_pids()) == len(workers), what="a worker less")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; server log:\n{server.log()}") from None
     assert spared <= server.worker_pids(), server.log()
     assert _pid_of(server, "Echo") in server.worker_pids()
     assert "Traceback" not in server.log(), server.log()
