@@ -313,7 +313,9 @@ def test_slow_call_log_names_the_call_and_shows_the_stack(start_server, gate):
     assert (record["hook"], record["api_id"]) == ("Gate", "api1")
     assert (record["worker_pid"], record["generation"]) == (pid, 1)
     assert isinstance(record["call_id"], int) and record["elapsed"] >= 0.3
-    assert "in Gate" in record["msg"] and "time.sleep" in record["msg"]
+    # The hook's own frame (where in its loop the sample caught it varies: the sleep, or the
+    # os.path.exists check, as CI saw once).
+    assert "hooks.py" in record["msg"] and "in Gate" in record["msg"]
     assert server.worker_pids() == {pid}
 
 

@@ -133,6 +133,7 @@ class Front:
         # Frames for workers, per bridge connection, written once per loop iteration.
         self.outbox: dict[int, list[Payload]] = {}
         self._flush_scheduled = False
+        self._board_due = False  # ``_write_board`` is scheduled
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, _Pending] = {}
         self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
@@ -237,6 +238,21 @@ class Front:
                     else "did not cancel its async call"
                 )
                 self._report_stuck(action.conn_id, action.call, why)
+        if not self._board_due:  # the header's counters, once per loop iteration
+            loop = self._loop
+            if loop is None:
+                try:
+                    loop = self._bind_loop()
+                except RuntimeError:  # driven without a loop (the bridge reader's tests)
+                    self._write_board()
+                    return
+            self._board_due = True
+            loop.call_soon(self._write_board)
+
+    def _write_board(self) -> None:
+        """Queue depth and calls into the scoreboard's header (``status``, health): the
+        values at the end of the loop iteration, not after every call of it."""
+        self._board_due = False
         self.board.write_header(queue_depth=len(self.router.queue), calls=self.counters.calls)
 
     def _send(self, conn_id: int, call: Call) -> None:
@@ -246,7 +262,7 @@ class Front:
         if self.stats is not None:
             self.stats.observe_queue_wait(time.monotonic() - call.arrived_at)
         if call.trace is None:
-            header = encode_header(FrameKind(call.kind), call.call_id, len(call.payload))
+            header = encode_header(call.kind, call.call_id, len(call.payload))
         else:
             header = _traced_header(call)
         parts = self.outbox.get(conn_id)

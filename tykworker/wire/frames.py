@@ -64,6 +64,9 @@ class FrameKind(enum.IntEnum):
     CONTROL = 12  # msgpack map: status pipe to the supervisor; worker -> front "failed"
 
 
+#: Byte value -> kind: a dict lookup per frame, not an Enum call (its cost shows per call).
+_KINDS: Final = {int(k): k for k in FrameKind}
+
 Payload = bytes | bytearray
 """A frame's payload: ``bytes``, or the ``bytearray`` a ``direct_from`` decoder filled."""
 
@@ -84,7 +87,7 @@ def encode_frame(kind: FrameKind, call_id: int, payload: Payload = b"") -> bytes
     return encode_header(kind, call_id, len(payload)) + payload
 
 
-def encode_header(kind: FrameKind, call_id: int, length: int) -> bytes:
+def encode_header(kind: FrameKind | int, call_id: int, length: int) -> bytes:
     """Just the header, for writers that send a large payload without copying it.
 
     Raises ``LocalProtocolError`` like ``encode_frame``.
@@ -217,9 +220,8 @@ class FrameDecoder:
             self._fail(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
         if version != VERSION:
             self._fail(f"unsupported frame version {version}")
-        try:
-            frame_kind = FrameKind(kind)
-        except ValueError:
+        frame_kind = _KINDS.get(kind)
+        if frame_kind is None:
             self._fail(f"unknown frame kind {kind}")
         if length > self._max:
             self._fail(f"frame payload of {length} bytes exceeds the limit of {self._max}")
