@@ -116,17 +116,21 @@ class SQLiteStore:
             self.path,
         )
         assert self._conn is not None
-        self._conn.close()
-        self._conn = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(directory, fcntl.LOCK_EX)
+            # Compared while our connection still holds the old files: their inode numbers
+            # cannot have been reused yet. (Closing first let another worker create the
+            # new file's -wal/-shm with the freed numbers, which then looked like ours and
+            # were removed: the two workers ended on different WALs of one file.)
             _, wal, shm = self._files
             for suffix, mine in (("-wal", wal), ("-shm", shm)):
                 side = Path(f"{self.path}{suffix}")
                 if mine != (0, 0) and _identity(side) == mine:
                     side.unlink(missing_ok=True)
+            self._conn.close()
+            self._conn = None
             self._conn = self._open_locked()
         finally:
             os.close(directory)  # releases the lock

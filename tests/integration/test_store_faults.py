@@ -97,7 +97,11 @@ def test_deleted_sqlite_store_is_reopened_by_every_worker(start_server, workdir)
             headers = dict(server.dispatch("Store", headers={"Key": "k"}).request.set_headers)
             return headers if headers["X-Value"] == value.decode() else None
 
-        found: dict[str, str] = wait_for(read, what=f"{value!r} seen by the other worker")
+        try:
+            found: dict[str, str] = wait_for(read, what=f"{value!r} seen by the other worker")
+        except AssertionError as exc:
+            last = dict(server.dispatch("Store", headers={"Key": "k"}).request.set_headers)
+            raise AssertionError(f"{exc}; last read {last}; log:\n{server.log()}") from None
         return found
 
     # Both workers have the store open.
