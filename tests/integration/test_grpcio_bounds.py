@@ -85,7 +85,10 @@ def test_grpcio_front_caps_its_connections(start_server, clients):
     def admitted_and_answered() -> bool:  # once grpcio has seen the client leave
         client = H2Client(server.socket)
         clients.append(client)
-        client.send(client.preface() + call(client, 1))
+        try:
+            client.send(client.preface() + call(client, 1))
+        except OSError:  # still over the cap: grpcio closed it before all of it was sent
+            return False
         client.wait(lambda c: c.eof or c.status(1) is not None)
         return client.status(1) == 0
 
