@@ -32,13 +32,14 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Protocol
@@ -105,21 +106,18 @@ class SQLiteStore:
 
     def _reopen(self) -> None:
         """The file at the path is not the one open (deleted, or another renamed over
-        it): close ours, then open the path, under an exclusive ``flock`` of the
-        directory (this path only, never per call). The old file's ``-wal``/``-shm``,
-        still at the path when only the main file was replaced, are removed first (by
-        the first worker that finds them): SQLite would replay that journal into the new
-        file. Workers still on the old file keep theirs open, until their next call."""
+        it): under an exclusive ``flock`` of the directory (this path only, never per
+        call), remove our stale side files, close ours, then open the path. The old
+        file's ``-wal``/``-shm``, still at the path when only the main file was replaced,
+        are removed first (by the first worker that finds them): SQLite would replay that
+        journal into the new file. Workers still on the old file keep theirs open, until their next call."""
         log.error(
             "store file %s was deleted or replaced while open: reopening it (data "
             "written to the old file since is not in the new one)",
             self.path,
         )
         assert self._conn is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(directory, fcntl.LOCK_EX)
+        with self._directory_lock():
             # Compared while our connection still holds the old files: their inode numbers
             # cannot have been reused yet. (Closing first let another worker create the
             # new file's -wal/-shm with the freed numbers, which then looked like ours and
@@ -132,24 +130,29 @@ class SQLiteStore:
             self._conn.close()
             self._conn = None
             self._conn = self._open_locked()
-        finally:
-            os.close(directory)  # releases the lock
 
     def _open(self) -> sqlite3.Connection:
         """Open (or create) the file under the directory's exclusive ``flock``: a worker
         creating the file and another reopening it (``_reopen``) would otherwise race on
         the WAL switch and the table creation, which take locks SQLite does not wait for
         ("database is locked" at once, and that worker's store calls fail)."""
+        with self._directory_lock():
+            return self._open_locked()
+
+    @contextlib.contextmanager
+    def _directory_lock(self) -> Iterator[None]:
+        """An exclusive ``flock`` of the store's directory (created if missing), held for
+        the ``with`` block: opens and reopens of the file, never a call's reads/writes."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(directory, fcntl.LOCK_EX)
-            return self._open_locked()
+            yield
         finally:
             os.close(directory)  # releases the lock
 
     def _open_locked(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """``_open``'s work; the caller holds ``_directory_lock`` (which made the folder)."""
         conn = sqlite3.connect(
             self.path,
             timeout=STORE_TIMEOUT_SECONDS,
