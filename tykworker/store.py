@@ -110,7 +110,8 @@ class SQLiteStore:
         call), remove our stale side files, close ours, then open the path. The old
         file's ``-wal``/``-shm``, still at the path when only the main file was replaced,
         are removed first (by the first worker that finds them): SQLite would replay that
-        journal into the new file. Workers still on the old file keep theirs open, until their next call."""
+        journal into the new file. Workers still on the old file keep theirs open, until
+        their next call."""
         log.error(
             "store file %s was deleted or replaced while open: reopening it (data "
             "written to the old file since is not in the new one)",
