@@ -71,6 +71,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 def kind_of(host: str) -> str:
     return VARIANTS.get(host, (host, []))[0]
+
+
 HOOKS: dict[str, dict[str, Any]] = {
     "trivial": {"hook": "Trivial", "kind": "pre"},
     "cpu": {"hook": "CpuBound", "kind": "pre"},

@@ -73,8 +73,7 @@ def test_overload_is_503(failing):
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
             held = [
-                pool.submit(failing.get, "/gate/x", headers={"X-Gate": str(gate)})
-                for _ in range(2)
+                pool.submit(failing.get, "/gate/x", headers={"X-Gate": str(gate)}) for _ in range(2)
             ]
             wait_for(lambda: len(busy_with(failing.server, "GwGate")) == 2, what="both held")
             answer = failing.get("/plain/x")

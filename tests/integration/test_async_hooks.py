@@ -68,9 +68,7 @@ def test_one_worker_runs_many_async_calls_at_once(start_server, gate: Path):
         assert worker["state"] == "busy" and worker["hook"] == "AsyncGate"
         assert not any(f.done() for f in held)
         # A sync hook is still served meanwhile, on the same worker.
-        assert server.dispatch("SyncEcho").request.set_headers["X-Worker-Pid"] == str(
-            worker["pid"]
-        )
+        assert server.dispatch("SyncEcho").request.set_headers["X-Worker-Pid"] == str(worker["pid"])
         gate.touch()
         replies = [f.result(timeout=30) for f in held]
     assert [r.request.set_headers["X-Id"] for r in replies] == [str(i) for i in range(40)]
@@ -154,9 +152,7 @@ def test_async_call_past_its_deadline_is_cancelled_and_its_worker_kept(
     assert _status(server)["server"]["restarts"] == 0
 
 
-def test_a_hook_blocking_the_event_loop_is_handled_like_a_stuck_worker(
-    start_server, gate: Path
-):
+def test_a_hook_blocking_the_event_loop_is_handled_like_a_stuck_worker(start_server, gate: Path):
     server = _start(start_server, "--workers", "1", "--hook-timeout-for", "post=1")
     (pid,) = server.worker_pids()
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -171,9 +167,7 @@ def test_a_hook_blocking_the_event_loop_is_handled_like_a_stuck_worker(
             assert answer.request.return_overrides.response_code == Reason.CRASH.status
             assert "X-Id" not in answer.request.set_headers
     new = wait_for(lambda: server.worker_pids() - {pid}, what="a replacement worker")
-    assert server.dispatch("SyncEcho").request.set_headers["X-Worker-Pid"] in {
-        str(p) for p in new
-    }
+    assert server.dispatch("SyncEcho").request.set_headers["X-Worker-Pid"] in {str(p) for p in new}
     log = wait_for(lambda: "AsyncBlock" in server.log() and server.log(), what="stack dump")
     # Detected at the call's deadline: the loop's heartbeats had stopped since.
     assert "has an event loop blocked for over" in log
@@ -189,8 +183,9 @@ def test_reload_waits_for_async_calls_in_flight(start_server, gate: Path):
         server.signal(signal.SIGHUP)
         wait_for(lambda: len(server.worker_pids(generation=2)) == 2, what="generation 2")
         wait_for(
-            lambda: {w["generation"] for w in _status(server)["workers"] if w["state"] == "idle"}
-            == {2},
+            lambda: (
+                {w["generation"] for w in _status(server)["workers"] if w["state"] == "idle"} == {2}
+            ),
             what="generation 2 idle",
         )
         # The old workers still run their calls (none failed, none answered yet).
@@ -241,9 +236,7 @@ def test_a_worker_leaving_waits_for_its_async_calls(start_server, gate: Path):
 
 def test_lifecycle_hooks_run_once_per_worker(start_server, workdir: Path):
     mark = workdir / "stopped"
-    server = _start(
-        start_server, "--workers", "2", env={"TYKWORKER_TEST_STOP_MARK": str(mark)}
-    )
+    server = _start(start_server, "--workers", "2", env={"TYKWORKER_TEST_STOP_MARK": str(mark)})
     pids = server.worker_pids()
     replies = [server.dispatch("AsyncLifecycle") for _ in range(10)]
     assert {r.request.set_headers["X-Started"] for r in replies} == {"1"}

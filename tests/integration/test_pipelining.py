@@ -68,8 +68,7 @@ def test_calls_sent_ahead_to_a_hung_worker_are_routed_again(start_server, gate: 
         hung: Future[bytes] = pool.submit(server.dispatch_raw, hang, 1.0)
         wait_for(lambda: len(busy_with(server, "Gate")) == 2, what="both workers busy")
         ahead = [
-            pool.submit(server.dispatch, "Gate", headers={"Gate": str(open_gate)})
-            for _ in range(6)
+            pool.submit(server.dispatch, "Gate", headers={"Gate": str(open_gate)}) for _ in range(6)
         ]
         # Both deadlines are 1 s: the client's own, or tykworker's timeout answer first.
         try:

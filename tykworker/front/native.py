@@ -6,9 +6,12 @@ bridge) with a callback that receives its one answer and writes it to the stream
 or future per call.
 
 Invariants:
-* One write per read: whatever a read produces (answers, SETTINGS/PING ACKs, WINDOW_UPDATE,
-  GOAWAY) is written with a single ``transport.write``; answers that complete later are
-  batched by one ``call_soon`` flush per loop iteration.
+* One write per loop iteration and connection: whatever a read produces (answers,
+  SETTINGS/PING ACKs, WINDOW_UPDATE, GOAWAY) and the answers that workers return in the
+  same iteration go out in one ``transport.write``, by one ``call_soon`` flush. A gRPC-Go
+  client (the gateway) sends a BDP PING after each answer it reads; its ACK waits at most
+  until the end of the iteration and shares the write of the answers read with it, instead
+  of waking the client on its own.
 * Backpressure: reading pauses while the calls in flight on a connection hold more than
   ``buffer_limit`` payload bytes, or while the transport's write buffer is full. Answers
   held by flow control are bounded in the sans-IO connection (new streams refused, answers
@@ -96,7 +99,7 @@ class H2Protocol(asyncio.Protocol):
         if self.conn.error is not None and self.conn.closed:
             code, message = self.conn.error
             log.warning("HTTP/2 connection error %s: %s", code.name, message)
-        self._flush()
+        self._schedule_flush()
 
     def _log_notices(self) -> None:
         for notice in self.conn.notices:

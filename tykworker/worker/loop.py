@@ -238,7 +238,13 @@ class Worker:
                 self._start_drain("SIGTERM")
                 self._flush(bridge)
             signals.busy = False
-            for fd, _ in poller.poll(5.0):
+            events = poller.poll(5.0)
+            if not events and os.getppid() != self.parent:
+                # Between calls only: parent-death SIGTERM and the watchdog thread cover
+                # a worker kept busy; a system call per wake-up is not worth it.
+                log.warning("supervisor went away; exiting")
+                return ExitCode.OK
+            for fd, _ in events:
                 if fd == wake:
                     signals.wake_r.recv(512)
                     continue
@@ -263,9 +269,6 @@ class Worker:
                 if self.tasks.busy:  # async calls started: the event loop serves from now on
                     poller.close()
                     return self._serve_async(bridge, runtime, signals, decoder, buffer)
-            if os.getppid() != self.parent:
-                log.warning("supervisor went away; exiting")
-                return ExitCode.OK
 
     def _serve_async(
         self,
