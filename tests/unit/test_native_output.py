@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from tests.unit.test_h2conn import Client, Frame, kinds
+from tests.unit.test_h2conn import Client, kinds
 from tykworker.front.h2 import frames as f
 from tykworker.front.h2.frames import FrameType
 from tykworker.front.h2.state import Limits
@@ -46,12 +46,6 @@ class Transport:
 
     def close(self) -> None:
         pass
-
-
-def frames_of(client: Client, data: bytes) -> list[Frame]:
-    client._buf = b""
-    client.conn.data_to_send = lambda: data  # type: ignore[method-assign]
-    return client.read()
 
 
 async def _one_iteration() -> None:
@@ -96,7 +90,7 @@ def run_calls(answer_later: bool) -> tuple[Transport, Client]:
 def test_ping_ack_and_answers_of_the_same_iteration_share_one_write() -> None:
     transport, client = run_calls(answer_later=True)
     assert len(transport.writes) == 1, transport.writes
-    frames = frames_of(client, transport.writes[0])
+    frames = client.frames_in(transport.writes[0])
     assert kinds(frames) == ["PING", "HEADERS", "DATA", "HEADERS"]
     assert frames[0].flags & f.ACK and frames[0].payload == BDP_PING
     assert frames[-1].headers[b"grpc-status"] == b"0"
@@ -105,4 +99,4 @@ def test_ping_ack_and_answers_of_the_same_iteration_share_one_write() -> None:
 def test_answers_made_during_the_read_leave_with_its_ack() -> None:
     transport, client = run_calls(answer_later=False)
     assert len(transport.writes) == 1, transport.writes
-    assert kinds(frames_of(client, transport.writes[0])) == ["PING", "HEADERS", "DATA", "HEADERS"]
+    assert kinds(client.frames_in(transport.writes[0])) == ["PING", "HEADERS", "DATA", "HEADERS"]
