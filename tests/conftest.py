@@ -15,6 +15,23 @@ from pathlib import Path
 import pytest
 import redis
 
+from tykworker import compiled
+
+
+def pytest_report_header() -> str:
+    return f"tykworker: {compiled.describe()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test sources that do not run: a module compiled by ``scripts/compile``
+    and edited since is imported as its old extension."""
+    stale = compiled.stale()
+    if stale:
+        raise pytest.UsageError(
+            f"compiled modules older than their sources: {', '.join(stale)}; "
+            "rebuild them (scripts/compile) or remove them (scripts/compile --clean)"
+        )
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tykworker import __version__, logs, tracing
+from tykworker import __version__, compiled, logs, tracing
 from tykworker.config import Settings, add_setting_flags, load_settings, unknown_env
 from tykworker.errors import ConfigError, ExitCode
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tykworker", description="Serve Tyk gateway Python plugins from a worker pool."
     )
-    parser.add_argument("--version", action="version", version=f"tykworker {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"tykworker {__version__}, {compiled.describe()}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server (supervisor, front and workers)")
     add_setting_flags(serve, defaults=True)

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
+from tykworker import compiled
 from tykworker.config import HOOK_TYPES, Settings, apply_live_settings, live_settings
 from tykworker.errors import ConfigError, ProtocolError, RemoteProtocolError
 from tykworker.front.health import Health, ServingStatus
@@ -564,7 +565,9 @@ class Front:
         self.board.write_header(front_pid=os.getpid())
         if not control.report(self.spec.channel_fd, control.FrontReady(os.getpid())):
             log.error("could not tell the supervisor that the front is ready")
-        log.info("serving coprocess.Dispatcher on %s", self.settings.socket)
+        log.info(
+            "serving coprocess.Dispatcher on %s (%s)", self.settings.socket, compiled.describe()
+        )
         paths = {path: sockets.path_identity(path) for path in self.unix_paths}
         await self.stopping.wait()
         # No worker joins a stopping front; closed now, a new server can bind the bridge

@@ -260,30 +260,39 @@ def peek_object_header(data: Payload) -> tuple[int, str]:
     Nested messages are skipped by their length prefix, so the cost is proportional to
     the number of top-level fields (a handful), not to the payload size. Returns
     ``(0, "")`` for anything that does not look like a valid Object; never raises.
+    Every field is read (a repeated scalar's last value wins, as in protobuf); one-byte
+    keys and lengths, nearly all of them, are read inline (it runs once per call in the
+    front and in the worker: ~1 µs instead of ~3).
     """
-    hook_type, hook_name, pos = 0, "", 0
+    hook_type, hook_name, pos, end = 0, "", 0, len(data)
     try:
-        while pos < len(data):
-            key, pos = _read_varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if wire == _WIRE_VARINT:
-                value, pos = _read_varint(data, pos)
-                if number == 1:  # an enum is an int32: sign-extend as protobuf does
-                    hook_type = (value & 0xFFFFFFFF) - ((value & 0x80000000) << 1)
-            elif wire == _WIRE_LEN:
-                length, pos = _read_varint(data, pos)
-                if pos + length > len(data):
+        while pos < end:
+            key = data[pos]
+            pos += 1
+            if key & 0x80:
+                key, pos = _read_varint(data, pos - 1)
+            wire = key & 7
+            if wire == _WIRE_LEN:
+                length = data[pos] if pos < end else 0x80
+                pos += 1
+                if length & 0x80:
+                    length, pos = _read_varint(data, pos - 1)
+                if pos + length > end:
                     raise ValueError("truncated field")
-                if number == 2:
+                if key == 0x12:  # field 2, hook_name
                     hook_name = data[pos : pos + length].decode("utf-8", "replace")
                 pos += length
+            elif wire == _WIRE_VARINT:
+                value, pos = _read_varint(data, pos)
+                if key == 0x08:  # field 1, hook_type: an int32 enum, sign-extended
+                    hook_type = (value & 0xFFFFFFFF) - ((value & 0x80000000) << 1)
             elif wire == _WIRE_I64:
                 pos += 8
             elif wire == _WIRE_I32:
                 pos += 4
             else:
                 raise ValueError(f"unsupported wire type {wire}")
-            if pos > len(data):
+            if pos > end:
                 raise ValueError("truncated fixed-width field")
     except ValueError:
         return 0, ""

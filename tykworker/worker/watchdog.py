@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("tykworker.worker")
 
@@ -31,18 +32,27 @@ log = logging.getLogger("tykworker.worker")
 PERIOD = 0.5  # seconds between two looks at the parent pid
 
 
-def start(parent: int, grace: float) -> threading.Thread:
-    """Watch ``parent`` (the supervisor, this worker's parent) from a daemon thread."""
+def start(parent: int, grace: float, tick: Callable[[], None] | None = None) -> threading.Thread:
+    """Watch ``parent`` (the supervisor, this worker's parent) from a daemon thread;
+    ``tick`` runs on that thread after each look while the parent lives (the worker's
+    process title: loop.py ``_show_running``); an exception it raises is logged once and
+    ends the ticks, never the watch."""
     thread = threading.Thread(
-        target=_watch, args=(parent, grace), name="tykworker-watchdog", daemon=True
+        target=_watch, args=(parent, grace, tick), name="tykworker-watchdog", daemon=True
     )
     thread.start()
     return thread
 
 
-def _watch(parent: int, grace: float) -> None:
+def _watch(parent: int, grace: float, tick: Callable[[], None] | None = None) -> None:
     while os.getppid() == parent:
         time.sleep(PERIOD)
+        if tick is not None:
+            try:
+                tick()
+            except Exception:
+                log.exception("watchdog tick failed; no more ticks")
+                tick = None
     log.warning("supervisor pid %d gone: this worker ends in %g s at the latest", parent, grace)
     time.sleep(max(0.0, grace - PERIOD))  # it may have died up to PERIOD ago
     log.error("supervisor pid %d gone %g s ago, this worker still busy: killing it", parent, grace)

@@ -1,0 +1,27 @@
+"""Packaging hook for the optional compiled build; everything else is in pyproject.toml.
+
+``TYKWORKER_COMPILE=1 pip install --no-build-isolation .`` (with mypy and setuptools
+installed) compiles the hot modules listed in tykworker/compiled.py with mypyc into the
+installed package; without the variable the package is pure Python. In a source tree,
+``scripts/compile`` does the same in place.
+"""
+
+import os
+import runpy
+
+from setuptools import setup
+
+extensions = []
+if os.environ.get("TYKWORKER_COMPILE") == "1":
+    try:
+        from mypyc.build import mypycify
+    except ImportError as exc:
+        raise SystemExit(
+            "TYKWORKER_COMPILE=1 needs mypy in the build environment: "
+            "pip install mypy setuptools, then pip install --no-build-isolation ."
+        ) from exc
+    names = runpy.run_path(os.path.join("tykworker", "compiled.py"))
+    paths = [os.path.join(*m.split(".")) + ".py" for m in names["MODULES"]]
+    extensions = mypycify(paths, opt_level="3", group_name=names["GROUP"])
+
+setup(ext_modules=extensions)
