@@ -1,9 +1,10 @@
 """Packaging hook for the optional compiled build; everything else is in pyproject.toml.
 
-``TYKWORKER_COMPILE=1 pip install --no-build-isolation .`` (with mypy and setuptools
-installed) compiles the hot modules listed in tykworker/compiled.py with mypyc into the
-installed package; without the variable the package is pure Python. In a source tree,
-``scripts/compile`` does the same in place.
+``pip install '.[compile]'``, then ``TYKWORKER_COMPILE=1 pip install --no-build-isolation
+--no-deps --force-reinstall .`` compiles the hot modules listed in tykworker/compiled.py
+with mypyc into the installed package (mypyc type-checks against the installed
+dependencies, hence the first step); without the variable the package is pure Python. In a
+source tree, ``scripts/compile`` does the same in place.
 """
 
 import os
@@ -17,8 +18,9 @@ if os.environ.get("TYKWORKER_COMPILE") == "1":
         from mypyc.build import mypycify
     except ImportError as exc:
         raise SystemExit(
-            "TYKWORKER_COMPILE=1 needs mypy in the build environment: "
-            "pip install mypy setuptools, then pip install --no-build-isolation ."
+            "TYKWORKER_COMPILE=1 needs mypy and the dependencies in the build environment: "
+            "pip install '.[compile]', then TYKWORKER_COMPILE=1 pip install "
+            "--no-build-isolation --no-deps --force-reinstall ."
         ) from exc
     names = runpy.run_path(os.path.join("tykworker", "compiled.py"))
     paths = [os.path.join(*m.split(".")) + ".py" for m in names["MODULES"]]

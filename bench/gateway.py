@@ -66,7 +66,10 @@ HOSTS = ("none", "embedded", "tykworker", "grpcio", "tykworker-nopipe")
 #: host variants: name -> (host kind, extra ``tykworker serve`` flags)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "tykworker-nopipe": ("tykworker", ["--pipeline-depth", "1"]),  # pipelining off
+    "tykworker-pure": ("tykworker", []),  # the sources, even where compiled (scripts/compile)
 }
+#: Environment of a variant's host, on top of this process's.
+VARIANT_ENV: dict[str, dict[str, str]] = {"tykworker-pure": {"TYKWORKER_PURE": "1"}}
 
 
 def kind_of(host: str) -> str:
@@ -168,6 +171,18 @@ def interpreter_label(exe: Path) -> str:
     )
     version, _, prefix = out.stdout.split()
     return f"Python {version} ({prefix})"
+
+
+def build_label(exe: Path, env: dict[str, str]) -> str:
+    """What of tykworker runs compiled on ``exe`` (``tykworker --version``)."""
+    out = subprocess.run(
+        [str(exe), "-m", "tykworker", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
+    return out.stdout.strip().partition(", ")[2]
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -284,7 +299,7 @@ def start_host(host: str, tmp: Path, python: Path, workers: int) -> tuple[Proc |
         ]
     else:
         return None, sock
-    proc = spawn(host, argv, tmp, cwd=tmp)
+    proc = spawn(host, argv, tmp, cwd=tmp, env={**os.environ, **VARIANT_ENV.get(host, {})})
     wait_for(lambda: sock.exists() or proc.popen.poll() is not None, f"{kind} socket")
     if proc.popen.poll() is not None:
         raise RuntimeError(f"{kind} exited: {proc.log_path.read_text()[-2000:]}")
@@ -623,9 +638,12 @@ def main(argv: list[str] | None = None) -> int:
     python = host_python(opts.python)
     labels = {
         "embedded": "Tyk's embedded driver, gateway-linked libpython3.11 (Debian)",
-        "tykworker": interpreter_label(python),
+        "tykworker": f"{interpreter_label(python)}, {build_label(python, {})}",
         "grpcio": interpreter_label(python),
-        "tykworker-nopipe": f"{interpreter_label(python)}, --pipeline-depth 1",
+        "tykworker-nopipe": f"{interpreter_label(python)}, {build_label(python, {})}, "
+        "--pipeline-depth 1",
+        "tykworker-pure": f"{interpreter_label(python)}, "
+        f"{build_label(python, VARIANT_ENV['tykworker-pure'])}",
         "none": "no plugin",
     }
     with tempfile.TemporaryDirectory(prefix="tw-gwbench-") as t:

@@ -1,11 +1,16 @@
 """Which of tykworker's hot modules run compiled (mypyc) in this process.
 
-The per-call path of the front (HTTP/2, routing, the bridge) and of the worker loop is
-plain, strictly typed Python; ``scripts/compile`` (in the source tree, for the running
-interpreter) or ``TYKWORKER_COMPILE=1 pip install .`` (setup.py) compiles the modules in
-``MODULES`` with mypyc into C extensions that sit next to their sources. Python imports
+The front's per-call path (HTTP/2, routing, the bridge) is plain, strictly typed Python;
+``scripts/compile`` (in the source tree, for the running interpreter) or
+``TYKWORKER_COMPILE=1 pip install .`` (setup.py) compiles the modules in ``MODULES`` with
+mypyc into C extensions that sit next to their sources. Python imports
 such an extension in place of the ``.py``; without one the source runs as it is, with the
 same behaviour, only slower (BENCHMARKS.md measures both).
+
+``TYKWORKER_PURE=1`` in the environment runs the sources even where extensions are built
+(tykworker/__init__.py calls ``run_sources`` before any hot module is imported): to compare
+the two builds in one run (bench/gateway.py ``tykworker-pure``) or to rule the compiled one
+out. It holds for the process and its children (the supervisor's front and workers).
 
 Invariant: this module imports nothing of tykworker, so that setup.py and
 ``scripts/compile`` can read ``MODULES`` without importing the package.
@@ -13,13 +18,21 @@ Invariant: this module imports nothing of tykworker, so that setup.py and
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.machinery
+import importlib.util
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Final
 
-#: Compiled by mypyc, in this order (dotted names). Not here: modules whose dataclasses
-#: mypyc builds differently (wire/control.py), the plugin-facing modules, and anything
-#: off the per-call path.
+#: Compiled by mypyc, in this order (dotted names): the front's per-call path. Not here:
+#: modules whose dataclasses mypyc builds differently (wire/control.py); anything off the
+#: per-call path; and, for now, the worker loop and dispatch (worker/loop.py, dispatch.py):
+#: compiled, they cut a trivial call's worker CPU by ~25 %, but a call with a 1 MiB body
+#: cost the workers ~50 % more system time through the gateway (1,800 against 1,200 µs per
+#: request, twice, BENCHMARKS.md), a cause not yet found.
 MODULES: Final = (
     "tykworker.wire.frames",
     "tykworker.wire.scoreboard",
@@ -31,13 +44,35 @@ MODULES: Final = (
     "tykworker.front.router",
     "tykworker.front.core",
     "tykworker.front.native",
-    "tykworker.worker.dispatch",
-    "tykworker.worker.loop",
 )
 #: The shared library mypyc puts the compiled code of all ``MODULES`` in.
 GROUP: Final = "tykworker._native"
+#: Set to ``1``: the sources run, whatever is built (``run_sources``).
+PURE_VARIABLE: Final = "TYKWORKER_PURE"
 
 _ROOT: Final = Path(__file__).resolve().parent.parent
+_sources_only = False
+
+
+class _SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds the ``MODULES`` as their ``.py`` files, ahead of the path finder (which
+    prefers an extension next to a source)."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname in MODULES:
+            return importlib.util.spec_from_file_location(fullname, source(fullname))
+        return None
+
+
+def run_sources() -> None:
+    """From now on this process imports the ``MODULES`` from their sources (call it
+    before any of them is imported: one imported already stays as it is)."""
+    global _sources_only
+    if not _sources_only:
+        _sources_only = True
+        sys.meta_path.insert(0, _SourceFinder())
 
 
 def source(module: str) -> Path:
@@ -57,7 +92,10 @@ def extension(module: str) -> Path | None:
 
 def loaded() -> list[str]:
     """The ``MODULES`` this process imports compiled: those with an extension next to
-    their source (Python's path finder tries extensions before sources). Imports nothing."""
+    their source (Python's path finder tries extensions before sources), none after
+    ``run_sources``. Imports nothing."""
+    if _sources_only:
+        return []
     return [module for module in MODULES if extension(module) is not None]
 
 
@@ -76,6 +114,8 @@ def stale() -> list[str]:
 def describe() -> str:
     """One line for logs and ``--version``: what runs compiled."""
     names = loaded()
+    if _sources_only:
+        return f"pure Python ({PURE_VARIABLE}=1)"
     if not names:
         return "pure Python (no compiled modules; see scripts/compile)"
     if len(names) == len(MODULES):

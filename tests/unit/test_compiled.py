@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,18 @@ def test_an_extension_older_than_its_source_is_stale(tree: Path):
 
 def test_the_listed_modules_exist():
     assert all(compiled.source(m).is_file() for m in compiled.MODULES)
+
+
+def test_tykworker_pure_runs_the_sources_whatever_is_built():
+    probe = (
+        "import tykworker.front.core as c, tykworker.wire.frames as f\n"
+        "from tykworker import compiled\n"
+        "print(c.__file__, f.__file__, compiled.loaded(), compiled.describe(), sep='|')"
+    )
+    env = {**os.environ, "TYKWORKER_PURE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    core, frames, loaded, described = done.stdout.strip().split("|")
+    assert core.endswith("core.py") and frames.endswith("frames.py")
+    assert loaded == "[]" and described == "pure Python (TYKWORKER_PURE=1)"
