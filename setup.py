@@ -15,15 +15,13 @@ from setuptools import setup
 extensions = []
 if os.environ.get("TYKWORKER_COMPILE") == "1":
     try:
-        from mypyc.build import mypycify
+        import mypyc.build  # noqa: F401  (tykworker/compiled.py ``extensions`` uses it)
     except ImportError as exc:
         raise SystemExit(
             "TYKWORKER_COMPILE=1 needs mypy and the dependencies in the build environment: "
             "pip install '.[compile]', then TYKWORKER_COMPILE=1 pip install "
             "--no-build-isolation --no-deps --force-reinstall ."
         ) from exc
-    names = runpy.run_path(os.path.join("tykworker", "compiled.py"))
-    paths = [os.path.join(*m.split(".")) + ".py" for m in names["MODULES"]]
-    extensions = mypycify(paths, opt_level="3", group_name=names["GROUP"])
+    extensions = runpy.run_path(os.path.join("tykworker", "compiled.py"))["extensions"]()
 
 setup(ext_modules=extensions)

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Final
+from typing import Any, Final
 
 #: Compiled by mypyc, in this order (dotted names): the front's per-call path. Not here:
 #: modules whose dataclasses mypyc builds differently (wire/control.py); anything off the
@@ -111,11 +111,20 @@ def stale() -> list[str]:
     return out
 
 
+def extensions(target_dir: str = "build") -> list[Any]:
+    """The setuptools extensions of ``MODULES`` (mypyc's ``mypycify``, run from the source
+    tree's root): what setup.py and ``scripts/compile`` both build."""
+    from mypyc.build import mypycify
+
+    paths = [str(source(m).relative_to(_ROOT)) for m in MODULES]
+    return list(mypycify(paths, opt_level="3", group_name=GROUP, target_dir=target_dir))
+
+
 def describe() -> str:
     """One line for logs and ``--version``: what runs compiled."""
-    names = loaded()
     if _sources_only:
         return f"pure Python ({PURE_VARIABLE}=1)"
+    names = loaded()
     if not names:
         return "pure Python (no compiled modules; see scripts/compile)"
     if len(names) == len(MODULES):
