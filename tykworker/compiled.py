@@ -42,6 +42,7 @@ MODULES: Final = (
     "tykworker.front.h2.streams",
     "tykworker.front.h2.conn",
     "tykworker.front.router",
+    "tykworker.front.deadlines",
     "tykworker.front.core",
     "tykworker.front.native",
 )

@@ -9,7 +9,8 @@ function (a lazy import still runs in that process), except under ``if TYPE_CHEC
   invariant 1);
 * ``front/`` never imports ``worker/`` (the front never runs plugin code: invariant 2);
 * ``front/h2/`` never imports asyncio or socket (sans-IO);
-* ``front/router.py`` imports no generated protobuf module and does no I/O;
+* ``front/router.py`` imports no generated protobuf module and does no I/O, and
+  ``front/deadlines.py`` no I/O either;
 * ``wire/`` and ``system/`` import no role package; ``wire/`` no asyncio or socket;
 * shared modules (``config``, ``errors``, ``logs``, ``store``, ``tracing``) import no role
   package;
@@ -145,6 +146,9 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
             "asyncio",
             "socket",
         ),
+    },
+    "the deadline set is pure: no I/O": {
+        "tykworker.front.deadlines": ("asyncio", "socket", "uvloop", "tykworker.wire"),
     },
     "shared modules import no role package": {
         "tykworker.config": ROLE_PACKAGES,

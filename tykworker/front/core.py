@@ -6,8 +6,9 @@ It never runs plugin code and never parses an Object (``peek_object_header`` onl
 the top-level hook type and name, for deadlines and logs).
 
 Per call: ``router.submit`` -> frame to a worker over its bridge connection -> the
-worker's REPLY is the gateway's answer. A timer per call enforces the deadline the router
-sets (router.py: the shorter of the hook type's and the client's): on expiry
+worker's REPLY is the gateway's answer. The deadline the router sets (router.py: the
+shorter of the hook type's and the client's) is enforced by one timer for all calls, at
+the earliest deadline (deadlines.py): on expiry
 the gateway gets the timeout answer at once and the supervisor is told which worker is
 stuck (it dumps the stacks and kills it). An async call past its deadline instead gets a
 ``Cancel`` sent to its worker, which must acknowledge it within ``CANCEL_GRACE``
@@ -42,6 +43,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -54,6 +56,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from tykworker import compiled
 from tykworker.config import HOOK_TYPES, Settings, apply_live_settings, live_settings
 from tykworker.errors import ConfigError, ProtocolError, RemoteProtocolError
+from tykworker.front.deadlines import Deadlines
 from tykworker.front.health import Health, ServingStatus
 from tykworker.front.native import start_native
 from tykworker.front.raw import RawServer
@@ -99,18 +102,15 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 #: Seconds a worker has to acknowledge the ``Cancel`` of an async call past its deadline
 #: (a running event loop does so at once) before it counts as stuck.
 CANCEL_GRACE = 0.5
+#: A deadline this close (seconds) when the deadline timer fires counts as passed: the
+#: event loop's timers have millisecond resolution and may fire a little early.
+TIMER_SLACK = 0.001
 
 
 class _Server(Protocol):
     """What the front needs of a public server (native HTTP/2, grpcio, raw)."""
 
     async def stop(self, grace: float) -> None: ...
-
-
-@dataclass(slots=True)
-class _Pending:
-    respond: Respond
-    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -136,7 +136,10 @@ class Front:
         self._flush_scheduled = False
         self._board_due = False  # ``_write_board`` is scheduled
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.pending: dict[int, _Pending] = {}
+        self.pending: dict[int, Respond] = {}  # calls not answered yet
+        self.deadlines = Deadlines(self.pending.__contains__)
+        self._timer: asyncio.TimerHandle | None = None  # at the earliest deadline
+        self._timer_at = math.inf  # when it fires (monotonic)
         self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
         self.members: dict[int, Lane] = {}  # bridge connection -> worker (for logs)
         self.ids = itertools.count(1)
@@ -176,8 +179,7 @@ class Front:
         call = Call(
             next(self.ids), kind, payload, hook_type, hook_name, time.monotonic(), trace=trace
         )
-        pending = _Pending(respond)
-        self.pending[call.call_id] = pending
+        self.pending[call.call_id] = respond
         self.counters.calls += 1
         hook_timeout = self.settings.timeout_for(_type_name(call))
         self._apply(self.router.submit(call, hook_timeout, deadline))
@@ -210,11 +212,32 @@ class Front:
         self._apply(self.router.expire(call_id, time.monotonic()))
 
     def _arm(self, action: Arm) -> None:
-        pending = self.pending.get(action.call.call_id)
-        if pending is not None:
-            loop = self._loop or self._bind_loop()
-            delay = action.deadline - time.monotonic()  # the loop's clock has its own origin
-            pending.timer = loop.call_later(delay, self._expire, action.call.call_id)
+        """Hold the call's deadline until it is answered (``pending``); move the one
+        timer if this deadline comes first."""
+        call_id = action.call.call_id
+        if call_id in self.pending:
+            first = self.deadlines.add(action.deadline, call_id, len(self.pending))
+            if first and action.deadline < self._timer_at:
+                self._set_timer(action.deadline)
+
+    def _set_timer(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop or self._bind_loop()
+        # The loop's clock has its own origin: a delay from now, on the monotonic clock.
+        self._timer = loop.call_later(max(0.0, at - time.monotonic()), self._on_deadline)
+        self._timer_at = at
+
+    def _on_deadline(self) -> None:
+        """The earliest deadline came: answer every call past its own (the loop's timers
+        tick in milliseconds, hence ``TIMER_SLACK``), then wait for the next one."""
+        self._timer, self._timer_at = None, math.inf
+        for call_id in self.deadlines.due(time.monotonic() + TIMER_SLACK):
+            if call_id in self.pending:  # an expiry before it may have answered it
+                self._expire(call_id)
+        at = self.deadlines.earliest()
+        if at is not None and at < self._timer_at:
+            self._set_timer(at)
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -328,15 +351,13 @@ class Front:
     def _resolve(self, call: Call, reply: Payload) -> None:
         """The router is done with ``call``: deliver its one answer and disarm its
         deadline."""
-        pending = self.pending.pop(call.call_id, None)
-        if pending is None:
+        respond = self.pending.pop(call.call_id, None)  # its deadline: disarmed with it
+        if respond is None:
             return
-        if pending.timer is not None:
-            pending.timer.cancel()
         if self.stats is not None:
             elapsed = time.monotonic() - call.arrived_at
             self.stats.observe_call(_type_name(call), call.hook_name, elapsed)
-        pending.respond(reply)
+        respond(reply)
 
     def _answer(self, action: Answer) -> None:
         call, reason = action.call, action.reason
