@@ -27,12 +27,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-#: Compiled by mypyc, in this order (dotted names): the front's per-call path. Not here:
-#: modules whose dataclasses mypyc builds differently (wire/control.py); anything off the
-#: per-call path; and, for now, the worker loop and dispatch (worker/loop.py, dispatch.py):
-#: compiled, they cut a trivial call's worker CPU by ~25 %, but a call with a 1 MiB body
-#: cost the workers ~50 % more system time through the gateway (1,800 against 1,200 µs per
-#: request, twice, BENCHMARKS.md), a cause not yet found.
+#: Compiled by mypyc, in this order (dotted names): the front's per-call path and the
+#: worker's loop and dispatch. Not here: modules whose dataclasses mypyc builds differently
+#: (wire/control.py); anything off the per-call path. (The worker modules were held out
+#: until stop 28: compiled, a 1 MiB call faulted in ~1,500 fresh pages per call against
+#: ~1,000 from source; system/heap.py now keeps those pages for reuse in both builds.)
 MODULES: Final = (
     "tykworker.wire.frames",
     "tykworker.wire.scoreboard",
@@ -45,6 +44,8 @@ MODULES: Final = (
     "tykworker.front.deadlines",
     "tykworker.front.core",
     "tykworker.front.native",
+    "tykworker.worker.loop",
+    "tykworker.worker.dispatch",
 )
 #: The shared library mypyc puts the compiled code of all ``MODULES`` in.
 GROUP: Final = "tykworker._native"

@@ -75,7 +75,7 @@ from tykworker.front.router import (
     Router,
 )
 from tykworker.front.tracing import FrontTracer
-from tykworker.system import proctitle, sockets
+from tykworker.system import heap, proctitle, sockets
 from tykworker.wire import answers, control, tracecontext
 from tykworker.wire.frames import (
     DIRECT_FROM,
@@ -105,6 +105,9 @@ CANCEL_GRACE = 0.5
 #: A deadline this close (seconds) when the deadline timer fires counts as passed: the
 #: event loop's timers have millisecond resolution and may fire a little early.
 TIMER_SLACK = 0.001
+#: Seconds without a new call after which the front gives the heap's free pages back
+#: (system/heap.py: large calls keep them for reuse while calls flow).
+IDLE_RELEASE = 5.0
 
 
 class _Server(Protocol):
@@ -154,6 +157,7 @@ class Front:
         self.generation = 1  # the pool's current one, told by the supervisor
         self.parent = os.getppid()  # the supervisor; another parent: it is gone
         self.tracer: FrontTracer | None = None  # set in ``serve`` when tracing is on
+        self._released_at = 0  # ``counters.calls`` when the heap was last given back
 
     # --- calls ----------------------------------------------------------------------
     def submit(
@@ -590,6 +594,7 @@ class Front:
             "serving coprocess.Dispatcher on %s (%s)", self.settings.socket, compiled.describe()
         )
         paths = {path: sockets.path_identity(path) for path in self.unix_paths}
+        loop.call_later(IDLE_RELEASE, self._release_when_idle, self.counters.calls)
         await self.stopping.wait()
         # No worker joins a stopping front; closed now, a new server can bind the bridge
         # path at once when the supervisor (which holds it too) is gone.
@@ -603,6 +608,15 @@ class Front:
             sockets.unlink_if_same(path, identity)
         if os.getppid() != self.parent:
             self._kill_orphaned_workers()
+
+    def _release_when_idle(self, seen: int) -> None:
+        """Each ``IDLE_RELEASE`` seconds: no call since the last look, but some since the
+        heap was last given back -> give it back now (``heap.release``)."""
+        calls = self.counters.calls
+        if calls == seen and calls != self._released_at:
+            self._released_at = calls
+            heap.release()
+        self._bind_loop().call_later(IDLE_RELEASE, self._release_when_idle, calls)
 
     def _kill_orphaned_workers(self) -> None:
         """The supervisor is gone (we were reparented), so nothing else ends a worker
@@ -766,6 +780,7 @@ def run_front(settings: Settings, spec: FrontSpec) -> int:
     for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    heap.keep_large_blocks()  # large calls reuse the heap's pages (system/heap.py)
     front = Front(settings, spec)
     with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
         runner.run(front.serve())

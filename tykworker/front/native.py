@@ -47,7 +47,7 @@ from tykworker.front.h2.conn import H2Connection
 from tykworker.front.h2.frames import ErrorCode
 from tykworker.front.h2.heads import Status
 from tykworker.front.h2.state import BufferPool, CallEvent, Limits
-from tykworker.system import sockets
+from tykworker.system import heap, sockets
 from tykworker.wire.frames import FrameKind, Payload
 
 log = logging.getLogger("tykworker.front")
@@ -112,6 +112,7 @@ class H2Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.conn.release()  # its held bytes go back to the pool
+        heap.release()  # and the pages its buffers kept (system/heap.py) to the kernel
         for task in list(self.watches):
             task.cancel()
         self.server.guard.leave(self)

@@ -34,7 +34,7 @@ from typing import cast
 from tykworker.config import Settings
 from tykworker.errors import ProtocolError
 from tykworker.front.guard import Guard
-from tykworker.system import sockets
+from tykworker.system import heap, sockets
 from tykworker.wire.frames import (
     Frame,
     FrameDecoder,
@@ -106,6 +106,7 @@ class RawProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        heap.release()  # the pages its buffers kept (system/heap.py) go to the kernel
         self.server.guard.leave(self)
         self.server.clients.discard(self)
         self.server.changed()

@@ -60,7 +60,7 @@ import psutil
 from tykworker import logs
 from tykworker.config import Settings
 from tykworker.errors import ExitCode, PluginLoadError, ProtocolError
-from tykworker.system import crashlog, kernel, proctitle
+from tykworker.system import crashlog, heap, kernel, proctitle
 from tykworker.wire import control
 from tykworker.wire.frames import (
     DIRECT_FROM,
@@ -144,6 +144,9 @@ class Worker:
             crashlog.stack_path(self.spec.scoreboard_path.parent, self.pid)
         )
         logs.bind_process(worker_pid=self.pid, generation=self.spec.generation)
+        # Large calls reuse the heap's pages instead of faulting fresh ones in (heap.py);
+        # what they leave is given back when the worker goes idle (``_serve``).
+        heap.keep_large_blocks()
         self._set_state(SlotState.STARTING)
         try:
             # Connect before dropping privileges: the bridge socket is root's alone.
@@ -233,6 +236,7 @@ class Worker:
         poller.register(bridge.fileno(), select.EPOLLIN)
         poller.register(signals.wake_r.fileno(), select.EPOLLIN)
         wake = signals.wake_r.fileno()
+        released = True  # nothing to give back to the kernel since the last idle wait
         while True:
             if signals.quit:
                 return ExitCode.OK
@@ -241,11 +245,17 @@ class Worker:
                 self._flush(bridge)
             signals.busy = False
             events = poller.poll(5.0)
-            if not events and os.getppid() != self.parent:
-                # Between calls only: parent-death SIGTERM and the watchdog thread cover
-                # a worker kept busy; a system call per wake-up is not worth it.
-                log.warning("supervisor went away; exiting")
-                return ExitCode.OK
+            if not events:
+                if os.getppid() != self.parent:
+                    # Between calls only: parent-death SIGTERM and the watchdog thread
+                    # cover a worker kept busy; a system call per wake-up is not worth it.
+                    log.warning("supervisor went away; exiting")
+                    return ExitCode.OK
+                if not released:  # idle for a while: the heap's free pages go back
+                    released = True
+                    heap.release()
+                continue
+            released = False
             for fd, _ in events:
                 if fd == wake:
                     signals.wake_r.recv(512)
