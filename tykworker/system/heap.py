@@ -19,6 +19,7 @@ Invariant: both are best effort and never raise: on a C library without ``mallop
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Final
 
 #: ``mallopt`` parameters (glibc's malloc.h).
@@ -30,6 +31,7 @@ MMAP_THRESHOLD: Final = 32 * 1024 * 1024
 TRIM_THRESHOLD: Final = 64 * 1024 * 1024
 
 
+@functools.cache  # one handle for the process: a front releases on every client's exit
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None)
