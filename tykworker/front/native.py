@@ -23,7 +23,8 @@ Invariants:
   timeouts, the shared ``BufferPool``) and leaves it when lost; its counted bytes go back
   to the pool then.
 * ``stop(grace)``: stop accepting, GOAWAY(NO_ERROR) on every connection, wait up to
-  ``grace`` for the streams already opened to be answered, then close everything.
+  ``grace`` for the streams already opened to be answered, then close everything (a
+  connection whose streams were all answered is half-closed first, ``H2Protocol._end``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ from tykworker.wire.frames import FrameKind, Payload
 
 log = logging.getLogger("tykworker.front")
 
+#: Seconds a client has to close a connection whose end the front sent after GOAWAY
+#: (``H2Protocol._end``) before the front closes it.
+CLOSE_LINGER = 1.0
+
 #: submit(kind, payload, deadline, respond, trace): route one call; ``respond`` gets its
 #: answer; ``trace``: the call's propagation headers (tracing on), else None.
 Handler = Callable[
@@ -72,6 +77,7 @@ class H2Protocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._paused_memory = False
         self._paused_write = False
+        self._ended = False  # our side is shut (``_end``): nothing more is written
         # ``asyncio.get_running_loop()`` costs a getpid() system call on 3.11: cache it
         self._loop = asyncio.get_running_loop()
 
@@ -237,7 +243,7 @@ class H2Protocol(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         transport = self.transport
-        if transport is None:
+        if transport is None or self._ended:
             return
         out = self.conn.output()
         if out:
@@ -246,7 +252,22 @@ class H2Protocol(asyncio.Protocol):
             else:
                 transport.write(b"".join(out))
         if self.conn.finished:
+            self._end(transport)
+
+    def _end(self, transport: asyncio.Transport) -> None:
+        """Nothing more will happen on the connection (``conn.finished``). After an error
+        it is closed at once. After a GOAWAY(NO_ERROR) with every stream answered (a drain,
+        the idle timeout) only our side is shut: the client reads every answer, then our
+        end of input, and closes; its last frames (acknowledgements, WINDOW_UPDATE) still
+        land. Closed outright, the connection made them fail with EPIPE, and a gRPC client
+        then dropped a stream whose answer it had received but not read yet. A client that
+        does not close is closed ``CLOSE_LINGER`` later."""
+        if self.conn.closed or not transport.can_write_eof():
             transport.close()
+            return
+        self._ended = True
+        transport.write_eof()
+        self._loop.call_later(CLOSE_LINGER, self.abort)
 
     def _unread(self, transport: asyncio.Transport, extra: int) -> bool:
         """True if ``extra`` more bytes in the write buffer would pass the bound."""
@@ -334,6 +355,16 @@ class NativeServer:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
+        # Connections still owing answers are closed; the others, half-closed once their
+        # last answer went out (``H2Protocol._end``), get ``CLOSE_LINGER`` to be closed
+        # by their clients (none on a fast stop).
+        for proto in [p for p in self.protocols if not p.conn.idle]:
+            proto.abort()
+        linger = loop.time() + (CLOSE_LINGER if grace > 0 else 0.0)
+        while self.protocols and loop.time() < linger:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), linger - loop.time())
         for proto in list(self.protocols):
             proto.abort()
         await asyncio.sleep(0)
