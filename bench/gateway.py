@@ -13,7 +13,12 @@ rounds. Plugin hosts:
 * ``embedded``: Tyk's embedded Python driver, in the gateway's process (Debian's libpython
   3.11; plugins come from a bundle already on disk, as that driver requires);
 * ``tykworker``: ``tykworker serve`` with ``--workers`` workers;
-* ``grpcio``: the single-process grpcio server users write today (bench/baseline_server.py).
+* ``grpcio``: the single-process grpcio server users write today (bench/baseline_server.py);
+* ``go-echo``: a grpc-go server that runs no hook and answers each call with the request
+  bytes (``bench/loadgen -serve``): the floor of any gRPC plugin host, so the gateway's own
+  gRPC client and the wake-ups of a second process are in it but no plugin work. Its row
+  is the ceiling tykworker can reach through the gRPC driver (``vs go-echo``); measured on
+  ``trivial`` and ``big`` only (it cannot run ``cpu``'s work or answer ``auth``).
 
 Hooks (bench/plugins/bench_hooks.py, the same code in every host): ``trivial`` (a Pre hook
 adding a header), ``cpu`` (~1 ms of Python), ``auth`` (a custom-auth hook returning a
@@ -62,7 +67,9 @@ SHARED_GATEWAY = next(
     ),
     ROOT.parent / "shared" / "tyk-gateway",
 )
-HOSTS = ("none", "embedded", "tykworker", "grpcio", "tykworker-nopipe")
+HOSTS = ("none", "embedded", "tykworker", "grpcio", "go-echo", "tykworker-nopipe")
+#: what ``go-echo`` (which runs no hook) is measured on
+ECHO_HOOKS = ("trivial", "big")
 #: host variants: name -> (host kind, extra ``tykworker serve`` flags)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "tykworker-nopipe": ("tykworker", ["--pipeline-depth", "1"]),  # pipelining off
@@ -127,6 +134,19 @@ def build_upstream() -> Path:
         log("building bench/bin/upstream")
         BIN.mkdir(parents=True, exist_ok=True)
         subprocess.run(["go", "build", "-o", str(target), "."], cwd=source.parent, check=True)
+    return target
+
+
+def build_loadgen() -> Path:
+    """bench/bin/loadgen (its ``-serve`` mode is the ``go-echo`` host), as bench/run.py
+    builds it."""
+    target = BIN / "loadgen"
+    source = ROOT / "bench" / "loadgen"
+    newest = max(p.stat().st_mtime for p in source.iterdir() if p.is_file())
+    if not target.exists() or target.stat().st_mtime < newest:
+        log("building bench/bin/loadgen")
+        BIN.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(target), "."], cwd=source, check=True)
     return target
 
 
@@ -297,6 +317,8 @@ def start_host(host: str, tmp: Path, python: Path, workers: int) -> tuple[Proc |
             "--middleware",
             str(PLUGINS),
         ]
+    elif kind == "go-echo":
+        argv = [str(build_loadgen()), "-serve", str(sock)]
     else:
         return None, sock
     proc = spawn(host, argv, tmp, cwd=tmp, env={**os.environ, **VARIANT_ENV.get(host, {})})
@@ -378,7 +400,7 @@ def gateway_config(
         if host == "embedded":
             write_bundle(middleware, name, hook)
     coprocess: dict[str, Any] = {"enable_coprocess": host != "none"}
-    if kind_of(host) in ("tykworker", "grpcio"):
+    if kind_of(host) in ("tykworker", "grpcio", "go-echo"):
         coprocess["coprocess_grpc_server"] = f"unix://{sock}"
     if host == "embedded":
         coprocess["python_path_prefix"] = str(SHARED_GATEWAY)
@@ -568,8 +590,8 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float:
 def report(rig: Rig, hosts: list[str], hooks: list[str], labels: dict[str, str]) -> str:
     lines = [
         "| hook | host | requests/s | p50 µs | p99 µs | non-2xx | CPU µs/req gateway | plugin host"
-        " | upstream | wrk | vs embedded | vs grpcio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | upstream | wrk | vs embedded | vs grpcio | vs go-echo |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in hooks:
         rps: dict[str, float] = {}
@@ -583,7 +605,7 @@ def report(rig: Rig, hosts: list[str], hooks: list[str], labels: dict[str, str])
                 continue
             ratio = {
                 other: f"{rps[host] / rps[other]:.2f}x" if other in rps and host != other else ""
-                for other in ("embedded", "grpcio")
+                for other in ("embedded", "grpcio", "go-echo")
             }
             lines.append(
                 f"| {name} | {host} | {rps[host]:,.0f} | {median_of(rows, 'p50_us'):,.0f}"
@@ -591,7 +613,7 @@ def report(rig: Rig, hosts: list[str], hooks: list[str], labels: dict[str, str])
                 f" | {median_of(rows, 'cpu_us_gateway'):.0f}"
                 f" | {_fmt(median_of(rows, 'cpu_us_host'))}"
                 f" | {median_of(rows, 'cpu_us_upstream'):.0f} | {median_of(rows, 'cpu_us_wrk'):.0f}"
-                f" | {ratio['embedded']} | {ratio['grpcio']} |"
+                f" | {ratio['embedded']} | {ratio['grpcio']} | {ratio['go-echo']} |"
             )
     o = rig.opts
     lines += [
@@ -645,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         "tykworker-pure": f"{interpreter_label(python)}, "
         f"{build_label(python, VARIANT_ENV['tykworker-pure'])}",
         "none": "no plugin",
+        "go-echo": "grpc-go echo server (bench/loadgen -serve): no hook runs, the request bytes"
+        " are the answer",
     }
     with tempfile.TemporaryDirectory(prefix="tw-gwbench-") as t:
         tmp = Path(t)
@@ -655,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
             for round_no in range(1, opts.rounds + 1):
                 for host in hosts:
                     usable = [h for h in hooks if host != "none" or h not in ("cpu", "auth")]
+                    if host == "go-echo":
+                        usable = [h for h in usable if h in ECHO_HOOKS]
                     measure_host(rig, host, usable, round_no)
         finally:
             upstream.stop()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
 
-from tykworker.wire.scoreboard import Scoreboard, SlotState
+from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotWriter, slot_offset
 
 
 def test_a_slot_mapping_writes_its_slot_and_nothing_else(tmp_path: Path) -> None:
@@ -26,3 +27,29 @@ def test_a_slot_mapping_writes_its_slot_and_nothing_else(tmp_path: Path) -> None
         own.header()
     own.close()
     board.close()
+
+
+def test_a_slot_writer_writes_what_readers_see_and_leaves_the_sequence_even(
+    tmp_path: Path,
+) -> None:
+    board = Scoreboard.create(tmp_path / "scoreboard")
+    board.write_slot(5, pid=0, generation=0, state=SlotState.FREE)  # seq 2, as cleared
+    own = Scoreboard.open_slot(tmp_path / "scoreboard", 5)
+    writer = SlotWriter(own, 5, pid=42, generation=3)
+    writer.write(SlotState.BUSY, 9, 1.5, 11, 4096, "Ä".encode() * 30, 1)
+    seen = board.slot(5)
+    assert (seen.pid, seen.generation, seen.state, seen.call_id, seen.calls, seen.rss) == (
+        42, 3, SlotState.BUSY, 9, 11, 4096
+    )  # fmt: skip
+    assert (seen.started_at, seen.in_flight) == (1.5, 1)
+    assert seen.hook == "Ä" * 24  # cut at 48 bytes, on a character boundary here
+    assert _seq(board, 5) == 4  # odd while writing, even after: 2 -> 3 -> 4
+    writer._seq = 0xFFFFFFFE  # the sequence wraps and stays even
+    writer.write(SlotState.IDLE, 0, 0.0, 12, 4096, b"", 0)
+    assert _seq(board, 5) == 0 and board.slot(5).state == SlotState.IDLE
+    own.close()
+    board.close()
+
+
+def _seq(board: Scoreboard, index: int) -> int:
+    return int(struct.unpack_from("<I", board._mm, slot_offset(index))[0])

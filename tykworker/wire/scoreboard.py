@@ -274,3 +274,56 @@ class Scoreboard:
     def _require(self, offset: int) -> None:
         if not 0 <= offset < len(self._mm):
             raise ValueError(f"{self.path}: offset {offset + self._origin} is not mapped here")
+
+
+_SEQ: Final = struct.Struct("<I")
+
+
+class SlotWriter:
+    """A worker's writes to its own slot: two per call (busy before the hook, idle after),
+    so the per-call form of ``Scoreboard.write_slot``: the slot's place, pid and generation
+    fixed when it is made, the fields positional, the hook name already encoded.
+
+    Invariant: made by the slot's one writer (the worker that owns it, single-writer
+    rule), which keeps the sequence number here instead of reading it back; each write
+    makes it odd, writes the record, then makes it even, as ``write_slot`` does."""
+
+    __slots__ = ("_generation", "_mm", "_offset", "_pid", "_seq")
+
+    def __init__(self, board: Scoreboard, index: int, pid: int, generation: int) -> None:
+        self._mm = board._mm
+        self._offset = board._local(index)
+        self._pid = pid
+        self._generation = generation
+        self._seq = _SEQ.unpack_from(board._mm, self._offset)[0] & 0xFFFFFFFE
+
+    def write(
+        self,
+        state: int,
+        call_id: int,
+        started_at: float,
+        calls: int,
+        rss: int,
+        hook: bytes,
+        in_flight: int,
+    ) -> None:
+        """``hook``: the name's UTF-8 bytes (longer than 48 is cut, as ``write_slot`` does)."""
+        mm, offset = self._mm, self._offset
+        writing = self._seq + 1  # odd: mid-write
+        _SEQ.pack_into(mm, offset, writing)
+        _SLOT.pack_into(
+            mm,
+            offset,
+            writing,
+            self._pid,
+            self._generation,
+            state,
+            call_id,
+            started_at,
+            calls,
+            rss,
+            hook,
+            in_flight,
+        )
+        self._seq = (writing + 1) & 0xFFFFFFFF
+        _SEQ.pack_into(mm, offset, self._seq)

@@ -71,7 +71,14 @@ from tykworker.wire.reasons import Reason
 from tykworker.worker.scope import Scope, scoped
 from tykworker.worker.tyk.decorators import HandlerDecorator
 from tykworker.worker.tyk.event import TykEvent
-from tykworker.worker.tyk.gateway import CallContext, call_context, current, secrets_of
+from tykworker.worker.tyk.gateway import (
+    CallContext,
+    call_context,
+    current,
+    enter_call,
+    leave_call,
+    secrets_of,
+)
 from tykworker.worker.tyk.request import TykCoProcessRequest
 
 calls_log = logging.getLogger("tykworker.calls")
@@ -112,38 +119,51 @@ def start_dispatch(payload: bytes | bytearray, resolve: Resolver) -> bytes | Pen
         secrets=secrets_of(obj.request.headers),
     )
     active_call.api_id = context.api_id
-    with call_context(context):
-        if obj.hook_type == common_pb2.CustomKeyCheck and not obj.hook_name:
-            calls_log.warning(
-                "auth call with an empty hook name (API %s has no auth_check.name): refused",
-                context.api_id,
-                extra=context.log_extra(),
-            )
-            active_call.failure = Reason.NO_HOOK.code
-            return bytes(payload + _UNNAMED_AUTH)
-        try:
-            handler, scope = resolve(obj)
-        except HookNotFound as exc:
-            calls_log.warning("%s", context.redact(str(exc)), extra=context.log_extra())
-            return _failure(payload, obj, Reason.NO_HOOK)
-        except Exception as exc:
-            _log_failure(context, obj, exc)
-            return _failure(payload, obj, Reason.HOOK_ERROR)
-        if handler.is_async:
-            return _dispatch_async(payload, obj, context, handler, scope)
-        try:
-            if scope is None:
+    token = enter_call(context)  # ``call_context``, without a generator per call
+    try:
+        return _run_dispatch(payload, obj, context, resolve)
+    finally:
+        leave_call(token)
+
+
+def _run_dispatch(
+    payload: bytes | bytearray, obj: object_pb2.Object, context: CallContext, resolve: Resolver
+) -> bytes | Pending:
+    """``start_dispatch`` once the Object is parsed, inside its call context."""
+    if obj.hook_type == common_pb2.CustomKeyCheck and not obj.hook_name:
+        calls_log.warning(
+            "auth call with an empty hook name (API %s has no auth_check.name): refused",
+            context.api_id,
+            extra=context.log_extra(),
+        )
+        active_call.failure = Reason.NO_HOOK.code
+        return bytes(payload + _UNNAMED_AUTH)
+    try:
+        handler, scope = resolve(obj)
+    except HookNotFound as exc:
+        calls_log.warning("%s", context.redact(str(exc)), extra=context.log_extra())
+        return _failure(payload, obj, Reason.NO_HOOK)
+    except Exception as exc:
+        _log_failure(context, obj, exc)
+        return _failure(payload, obj, Reason.HOOK_ERROR)
+    if handler.is_async:
+        return _dispatch_async(payload, obj, context, handler, scope)
+    try:
+        if scope is None:
+            call_hook(handler, obj)
+        else:
+            saved = scope.enter()  # ``scope.active()``, without a generator per call
+            try:
                 call_hook(handler, obj)
-            else:
-                with scope.active():
-                    call_hook(handler, obj)
-            drop_ignored_copies(obj)
-            return obj.SerializeToString()
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            _log_failure(context, obj, exc)
-            return _failure(payload, obj, Reason.HOOK_ERROR)
+            finally:
+                scope.leave(saved)
+        drop_ignored_copies(obj)
+        return obj.SerializeToString()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        _log_failure(context, obj, exc)
+        return _failure(payload, obj, Reason.HOOK_ERROR)
 
 
 async def _dispatch_async(

@@ -72,7 +72,7 @@ from tykworker.wire.frames import (
     peek_object_header,
 )
 from tykworker.wire.handoff import WorkerSpec
-from tykworker.wire.scoreboard import Scoreboard, SlotState
+from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotWriter
 from tykworker.worker import lifecycle, tracing, watchdog
 from tykworker.worker.dispatch import Pending, oversized_reply
 from tykworker.worker.tasks import Tasks
@@ -81,6 +81,7 @@ log = logging.getLogger("tykworker.worker")
 
 _RECV_SIZE = 1 << 20  # bytes per bridge read
 _IOV_MAX = 512  # buffers per sendmsg (the kernel's limit is 1024)
+_MAX_NAMES = 1024  # hook names whose slot bytes are kept
 
 
 class _Signals:
@@ -120,7 +121,9 @@ class Worker:
         self.calls = 0
         self.draining = False
         self.limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
-        self.board = Scoreboard.open_slot(spec.scoreboard_path, spec.index)  # its slot only
+        board = Scoreboard.open_slot(spec.scoreboard_path, spec.index)  # its slot only
+        self.slot = SlotWriter(board, spec.index, self.pid, spec.generation)
+        self.names: dict[str, bytes] = {}  # hook name -> its bytes in the slot
         self.process = psutil.Process()
         self.rss = 0
         self.label = f"worker {spec.seat} gen {spec.generation}"
@@ -507,18 +510,12 @@ class Worker:
                     state = SlotState.BUSY
         elif state is SlotState.BUSY:
             in_flight = 1
-        self.board.write_slot(
-            self.spec.index,
-            pid=self.pid,
-            generation=self.spec.generation,
-            state=state,
-            call_id=call_id,
-            started_at=started_at,
-            calls=self.calls,
-            rss=self.rss,
-            hook=hook,
-            in_flight=in_flight,
-        )
+        name = self.names.get(hook)
+        if name is None:  # hook names come from clients: a bounded cache
+            if len(self.names) >= _MAX_NAMES:
+                self.names.clear()
+            name = self.names[hook] = hook.encode("utf-8", "replace")[:48]
+        self.slot.write(state, call_id, started_at, self.calls, self.rss, name, in_flight)
 
 
 class _Runtime(Protocol):

@@ -118,14 +118,24 @@ class Scope:
         """Run the block with this scope's modules importable by their bare names.
 
         Re-entrant: entering the innermost active scope again changes nothing."""
-        if _stack and _stack[-1] is self:
-            yield self
-            return
-        saved = self._swap_in()
-        _stack.append(self)
+        saved = self.enter()
         try:
             yield self
         finally:
+            self.leave(saved)
+
+    def enter(self) -> dict[str, ModuleType] | None:
+        """``active``'s entry without a generator (the per-call path): pass what it
+        returns to ``leave``, in a ``finally``. ``None``: it was the innermost already."""
+        if _stack and _stack[-1] is self:
+            return None
+        saved = self._swap_in()
+        _stack.append(self)
+        return saved
+
+    def leave(self, saved: dict[str, ModuleType] | None) -> None:
+        """Undo ``enter``, whose result ``saved`` is."""
+        if saved is not None:
             _stack.pop()
             self._swap_out(saved)
 

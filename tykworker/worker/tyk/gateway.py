@@ -99,6 +99,16 @@ def current() -> CallContext:
     return _current.get() or _NO_CALL
 
 
+def enter_call(context: CallContext) -> contextvars.Token[CallContext | None]:
+    """Make ``context`` the current call; ``leave_call`` with the token undoes it (the
+    per-call path's form of ``call_context``: no generator per call)."""
+    return _current.set(context)
+
+
+def leave_call(token: contextvars.Token[CallContext | None]) -> None:
+    _current.reset(token)
+
+
 @contextmanager
 def call_context(context: CallContext) -> Iterator[CallContext]:
     """Make ``context`` the current call for the gateway API inside the block."""
@@ -114,14 +124,16 @@ def secrets_of(headers: Mapping[str, str]) -> tuple[str, ...]:
     scheme, each cookie value), longest first so that overlapping secrets redact fully."""
     values: set[str] = set()
     for name in SECRET_HEADERS:
-        value = headers[name].strip() if name in headers else ""
-        if not value:
+        value = headers.get(name)  # one map lookup: this runs on every call
+        if not value or not (value := value.strip()):
             continue
         values.add(value)
         if name == "Cookie":
             values.update(part.partition("=")[2].strip() for part in value.split(";"))
         else:
             values.add(value.split(None, 1)[-1])
+    if not values:
+        return ()
     # Very short fragments would blank out unrelated text; they reveal little anyway.
     return tuple(sorted((v for v in values if len(v) >= 4), key=len, reverse=True))
 
