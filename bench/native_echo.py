@@ -29,9 +29,14 @@ MARKER = b"\x0a\x07X-Bench"  # appended so that `loadgen -expect X-Bench` counts
 
 
 def echo(
-    kind: FrameKind, payload: bytes, timeout: float | None, respond: Callable[[bytes], None]
+    kind: FrameKind,
+    payload: bytes,
+    timeout: float | None,
+    respond: Callable[[bytes], None],
+    trace: bytes | None,
 ) -> None:
-    respond(payload + MARKER)
+    """The front's call handler (``native.Handler``), answering at once."""
+    respond(bytes(payload) + MARKER)
 
 
 async def main(path: str) -> None:

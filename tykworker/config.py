@@ -395,9 +395,11 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-#: ``TYKWORKER_*`` names that are not settings but are read: the config file, and the
-#: variables of tykworker's own test suite (``TYKWORKER_TEST_FRONT``...).
-_OTHER_ENV: Final = (ENV_PREFIX + "CONFIG",)
+#: ``TYKWORKER_*`` names that are not settings but are read: the config file, the build's
+#: (``TYKWORKER_PURE`` runs the sources where modules are compiled, ``TYKWORKER_COMPILE``
+#: compiles them at install: compiled.py), and the variables of tykworker's own test suite
+#: (``TYKWORKER_TEST_FRONT``...).
+_OTHER_ENV: Final = (ENV_PREFIX + "CONFIG", ENV_PREFIX + "PURE", ENV_PREFIX + "COMPILE")
 _TEST_ENV_PREFIX: Final = ENV_PREFIX + "TEST_"
 
 

@@ -514,6 +514,8 @@ def test_unknown_tykworker_variables_are_named_with_the_closest_setting() -> Non
         "TYKWORKER_WORKERS": "2",
         "TYKWORKER_CONFIG": "",
         "TYKWORKER_TEST_FRONT": "grpcio",
+        "TYKWORKER_PURE": "1",  # the build's switches (compiled.py), not settings
+        "TYKWORKER_COMPILE": "1",
         "PATH": "/bin",
     }
     assert unknown_env(environ) == [

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import hpack
 import pytest
 
 from tykworker.errors import (
-    H2ConnectionError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
 )
-from tykworker.front.h2.conn import _hpack_errors
+from tykworker.front.h2.conn import _HPACK_ERRORS, _hpack_error
 from tykworker.front.h2.frames import ErrorCode
 from tykworker.wire.frames import FrameDecoder, FrameKind, encode_frame
 
@@ -32,11 +32,13 @@ def test_bad_bytes_from_the_peer_are_a_remote_protocol_error() -> None:
     [
         (ValueError("bad"), ErrorCode.COMPRESSION_ERROR),
         (IndexError(7), ErrorCode.COMPRESSION_ERROR),
+        (hpack.HPACKDecodingError("bad"), ErrorCode.COMPRESSION_ERROR),
+        (hpack.OversizedHeaderListError("big"), ErrorCode.ENHANCE_YOUR_CALM),
     ],
 )
 def test_hpack_failures_become_connection_errors_with_their_code(
     raised: Exception, code: ErrorCode
 ) -> None:
-    with pytest.raises(H2ConnectionError) as info, _hpack_errors():
-        raise raised
-    assert info.value.code == code and isinstance(info.value, ProtocolError)
+    assert isinstance(raised, _HPACK_ERRORS)  # what the decoding sites catch
+    error = _hpack_error(raised)
+    assert error.code == code and isinstance(error, ProtocolError)

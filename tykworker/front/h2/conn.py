@@ -31,10 +31,9 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
 import hpack
@@ -353,8 +352,10 @@ class H2Connection(StreamTable):
             self._header_block(stream_id, self._block_flags, block, self._block_bad_priority)
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        with _hpack_errors():
+        try:
             return self._decoder.decode(block)
+        except _HPACK_ERRORS as exc:
+            raise _hpack_error(exc) from exc
 
     def _header_block(self, stream_id: int, flags: int, block: bytes, bad_priority: bool) -> None:
         if stream_id % 2 == 0:
@@ -377,8 +378,10 @@ class H2Connection(StreamTable):
             self._end_of_request(stream)
 
     def _new_stream(self, stream_id: int, flags: int, block: bytes, bad_priority: bool) -> None:
-        with _hpack_errors():
+        try:  # not a context manager: this runs once per call
             head = self._decoder.request(block)
+        except _HPACK_ERRORS as exc:
+            raise _hpack_error(exc) from exc
         self.last_stream_id = stream_id
         if self.draining:  # after GOAWAY: ignored, the client retries elsewhere
             self._remember(stream_id, RESET_BY_US)
@@ -518,16 +521,17 @@ def _unpad(flags: int, payload: memoryview) -> memoryview:
     return payload[1 : len(payload) - payload[0]]
 
 
-@contextlib.contextmanager
-def _hpack_errors() -> Iterator[None]:
-    """The one mapping of header-block decoding failures to connection errors (RFC 9113
-    §4.3): an oversized list is ENHANCE_YOUR_CALM, anything else COMPRESSION_ERROR."""
-    try:
-        yield
-    except hpack.OversizedHeaderListError as exc:
-        raise H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "header list too large") from exc
-    except (hpack.HPACKError, IndexError, ValueError) as exc:
-        raise H2ConnectionError(ErrorCode.COMPRESSION_ERROR, f"HPACK: {exc}") from exc
+#: What decoding a header block may raise (``OversizedHeaderListError`` is an ``HPACKError``).
+_HPACK_ERRORS: Final = (hpack.HPACKError, IndexError, ValueError)
+
+
+def _hpack_error(exc: BaseException) -> H2ConnectionError:
+    """The one mapping of header-block decoding failures (``_HPACK_ERRORS``) to connection
+    errors (RFC 9113 §4.3): an oversized list is ENHANCE_YOUR_CALM, anything else
+    COMPRESSION_ERROR."""
+    if isinstance(exc, hpack.OversizedHeaderListError):
+        return H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "header list too large")
+    return H2ConnectionError(ErrorCode.COMPRESSION_ERROR, f"HPACK: {exc}")
 
 
 #: Frame type -> handler. Unbound functions on the class, not bound methods stored on each
