@@ -1,0 +1,37 @@
+"""The benchmarks' own servers answer what their load generator expects: a bench tool
+that fails every call measures nothing (bench/native_echo.py did, for a while, after the
+front's call handler grew an argument)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+
+from tests.integration.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_native_echo_answers_a_grpc_call_with_the_request_and_its_marker(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "echo.sock"
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "native_echo.py"), str(sock)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(sock.exists, what="the echo server's socket")
+        with grpc.insecure_channel(f"unix://{sock}") as channel:
+            call = channel.unary_unary("/coprocess.Dispatcher/Dispatch", None, None)
+            reply = call(b"\x12\x03abc", timeout=10)
+        assert reply == b"\x12\x03abc" + b"\x0a\x07X-Bench"
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=10)
+    assert server.returncode == 0, out.decode(errors="replace")[-2000:]
+    assert b"Traceback" not in out, out.decode(errors="replace")[-2000:]
