@@ -604,7 +604,7 @@ def report(rig: Rig, hosts: list[str], hooks: list[str], labels: dict[str, str])
             if not rows:
                 continue
             ratio = {
-                other: f"{rps[host] / rps[other]:.2f}x" if other in rps and host != other else ""
+                other: _ratio(rig.results, name, host, other, rps)
                 for other in ("embedded", "grpcio", "go-echo")
             }
             lines.append(
@@ -620,10 +620,30 @@ def report(rig: Rig, hosts: list[str], hooks: list[str], labels: dict[str, str])
         "",
         f"Command: `python bench/gateway.py {' '.join(sys.argv[1:])}`; {o.rounds} interleaved"
         f" round(s) of {o.duration:g} s (after {o.warmup:g} s warm-up), wrk -t2 -c{o.connections},"
-        f" median of rounds; tykworker --workers {o.workers}.",
+        f" median of rounds (ratios: of the medians, [the range of each round's own]);"
+        f" tykworker --workers {o.workers}.",
         *[f"* {host}: {label}" for host, label in labels.items() if host in hosts],
     ]
     return "\n".join(lines)
+
+
+def _ratio(
+    results: list[dict[str, Any]], hook: str, host: str, other: str, rps: dict[str, float]
+) -> str:
+    """``host``'s median requests/s over ``other``'s, and with more than one round, the
+    range of the rounds' own ratios in brackets: rounds are interleaved, so the hosts of one
+    round saw the same machine, while this VM's speed drifts between rounds."""
+    if other not in rps or host == other:
+        return ""
+    text = f"{rps[host] / rps[other]:.2f}x"
+    by_round: dict[int, dict[str, float]] = {}
+    for r in results:
+        if r["hook"] == hook and r["host"] in (host, other):
+            by_round.setdefault(r["round"], {})[r["host"]] = r["rps"]
+    each = [v[host] / v[other] for v in by_round.values() if len(v) == 2 and v[other]]
+    if len(each) > 1:
+        text += f" [{min(each):.2f}-{max(each):.2f}]"
+    return text
 
 
 def _fmt(x: float) -> str:
