@@ -1,6 +1,6 @@
 """Gateway-level benchmark: what a Tyk user sees, through the real gateway.
 
-    python bench/gateway.py                    # 3 interleaved rounds of 15 s; ~20 min
+    python bench/gateway.py                    # 3 interleaved rounds of 15 s; ~23 min
     python bench/gateway.py --quick            # 1 round of 4 s; ~3 min
     python bench/gateway.py --hosts tykworker,embedded --hooks trivial --duration 5
 
