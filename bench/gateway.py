@@ -137,19 +137,6 @@ def build_upstream() -> Path:
     return target
 
 
-def build_loadgen() -> Path:
-    """bench/bin/loadgen (its ``-serve`` mode is the ``go-echo`` host), as bench/run.py
-    builds it."""
-    target = BIN / "loadgen"
-    source = ROOT / "bench" / "loadgen"
-    newest = max(p.stat().st_mtime for p in source.iterdir() if p.is_file())
-    if not target.exists() or target.stat().st_mtime < newest:
-        log("building bench/bin/loadgen")
-        BIN.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "build", "-o", str(target), "."], cwd=source, check=True)
-    return target
-
-
 def host_python(python: str) -> Path:
     """A venv on ``python`` with tykworker installed (editable), made once."""
     base = Path(python).resolve()
@@ -318,7 +305,9 @@ def start_host(host: str, tmp: Path, python: Path, workers: int) -> tuple[Proc |
             str(PLUGINS),
         ]
     elif kind == "go-echo":
-        argv = [str(build_loadgen()), "-serve", str(sock)]
+        from run import ensure_loadgen  # bench/run.py builds the load generator
+
+        argv = [str(ensure_loadgen(rebuild=False)), "-serve", str(sock)]
     else:
         return None, sock
     proc = spawn(host, argv, tmp, cwd=tmp, env={**os.environ, **VARIANT_ENV.get(host, {})})

@@ -71,6 +71,7 @@ _HEADER_FIELDS: Final = _field_offsets("8IIIIQBdIQQQQQIIQ", _HEADER_NAMES)
 # seq, pid, generation, state, call_id, started_at, calls, rss, hook name (48 bytes),
 # calls in flight (appended)
 _SLOT: Final = struct.Struct("<IIIBQdQQ48sI")
+_SEQ: Final = struct.Struct("<I")  # a slot's first field, its seqlock
 SLOT_SIZE: Final = 128
 PAGE: Final = mmap.ALLOCATIONGRANULARITY  # mmap offsets are multiples of it
 FILE_SIZE: Final = PAGE * (1 + MAX_SLOTS)  # sparse: only pages in use take memory
@@ -212,24 +213,12 @@ class Scoreboard:
         in_flight: int = 0,
     ) -> None:
         offset = self._local(index)
-        writing = (struct.unpack_from("<I", self._mm, offset)[0] + 1) | 1  # odd: mid-write
-        struct.pack_into("<I", self._mm, offset, writing)
-        name = hook.encode("utf-8", "replace")[:48]
-        _SLOT.pack_into(
-            self._mm,
-            offset,
-            writing,
-            pid,
-            generation,
-            state,
-            call_id,
-            started_at,
-            calls,
-            rss,
-            name,
-            in_flight,
-        )
-        struct.pack_into("<I", self._mm, offset, (writing + 1) & 0xFFFFFFFF)
+        # even, and past a write another process left half done (an odd seq)
+        seq = ((_SEQ.unpack_from(self._mm, offset)[0] + 1) | 1) - 1
+        _write_record(
+            self._mm, offset, seq, pid, generation, state, call_id, started_at, calls, rss,
+            slot_name(hook), in_flight,
+        )  # fmt: skip
 
     def clear_slot(self, index: int) -> None:
         self.write_slot(index, pid=0, generation=0, state=SlotState.FREE)
@@ -276,17 +265,45 @@ class Scoreboard:
             raise ValueError(f"{self.path}: offset {offset + self._origin} is not mapped here")
 
 
-_SEQ: Final = struct.Struct("<I")
+def slot_name(hook: str) -> bytes:
+    """A hook name as a slot holds it: UTF-8, cut at 48 bytes."""
+    return hook.encode("utf-8", "replace")[:48]
+
+
+def _write_record(
+    mm: mmap.mmap,
+    offset: int,
+    seq: int,
+    pid: int,
+    generation: int,
+    state: int,
+    call_id: int,
+    started_at: float,
+    calls: int,
+    rss: int,
+    hook: bytes,
+    in_flight: int,
+) -> int:
+    """Write one slot record under its seqlock: the sequence number ``seq + 1`` (odd:
+    mid-write), the record, then ``seq + 2`` (even), which is returned. ``seq`` is even."""
+    writing = (seq + 1) & 0xFFFFFFFF
+    _SEQ.pack_into(mm, offset, writing)
+    _SLOT.pack_into(
+        mm, offset, writing, pid, generation, state, call_id, started_at, calls, rss, hook,
+        in_flight,
+    )  # fmt: skip
+    done = (writing + 1) & 0xFFFFFFFF
+    _SEQ.pack_into(mm, offset, done)
+    return done
 
 
 class SlotWriter:
     """A worker's writes to its own slot: two per call (busy before the hook, idle after),
     so the per-call form of ``Scoreboard.write_slot``: the slot's place, pid and generation
-    fixed when it is made, the fields positional, the hook name already encoded.
+    fixed when it is made, the fields positional, the hook name already ``slot_name``'d.
 
     Invariant: made by the slot's one writer (the worker that owns it, single-writer
-    rule), which keeps the sequence number here instead of reading it back; each write
-    makes it odd, writes the record, then makes it even, as ``write_slot`` does."""
+    rule), which keeps the sequence number here instead of reading it back."""
 
     __slots__ = ("_generation", "_mm", "_offset", "_pid", "_seq")
 
@@ -307,23 +324,7 @@ class SlotWriter:
         hook: bytes,
         in_flight: int,
     ) -> None:
-        """``hook``: the name's UTF-8 bytes (longer than 48 is cut, as ``write_slot`` does)."""
-        mm, offset = self._mm, self._offset
-        writing = self._seq + 1  # odd: mid-write
-        _SEQ.pack_into(mm, offset, writing)
-        _SLOT.pack_into(
-            mm,
-            offset,
-            writing,
-            self._pid,
-            self._generation,
-            state,
-            call_id,
-            started_at,
-            calls,
-            rss,
-            hook,
-            in_flight,
-        )
-        self._seq = (writing + 1) & 0xFFFFFFFF
-        _SEQ.pack_into(mm, offset, self._seq)
+        self._seq = _write_record(
+            self._mm, self._offset, self._seq, self._pid, self._generation, state, call_id,
+            started_at, calls, rss, hook, in_flight,
+        )  # fmt: skip

@@ -72,7 +72,7 @@ from tykworker.wire.frames import (
     peek_object_header,
 )
 from tykworker.wire.handoff import WorkerSpec
-from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotWriter
+from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotWriter, slot_name
 from tykworker.worker import lifecycle, tracing, watchdog
 from tykworker.worker.dispatch import Pending, oversized_reply
 from tykworker.worker.tasks import Tasks
@@ -81,7 +81,6 @@ log = logging.getLogger("tykworker.worker")
 
 _RECV_SIZE = 1 << 20  # bytes per bridge read
 _IOV_MAX = 512  # buffers per sendmsg (the kernel's limit is 1024)
-_MAX_NAMES = 1024  # hook names whose slot bytes are kept
 
 
 class _Signals:
@@ -123,7 +122,6 @@ class Worker:
         self.limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
         board = Scoreboard.open_slot(spec.scoreboard_path, spec.index)  # its slot only
         self.slot = SlotWriter(board, spec.index, self.pid, spec.generation)
-        self.names: dict[str, bytes] = {}  # hook name -> its bytes in the slot
         self.process = psutil.Process()
         self.rss = 0
         self.label = f"worker {spec.seat} gen {spec.generation}"
@@ -510,11 +508,7 @@ class Worker:
                     state = SlotState.BUSY
         elif state is SlotState.BUSY:
             in_flight = 1
-        name = self.names.get(hook)
-        if name is None:  # hook names come from clients: a bounded cache
-            if len(self.names) >= _MAX_NAMES:
-                self.names.clear()
-            name = self.names[hook] = hook.encode("utf-8", "replace")[:48]
+        name = slot_name(hook)
         self.slot.write(state, call_id, started_at, self.calls, self.rss, name, in_flight)
 
 

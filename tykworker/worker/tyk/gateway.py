@@ -112,11 +112,11 @@ def leave_call(token: contextvars.Token[CallContext | None]) -> None:
 @contextmanager
 def call_context(context: CallContext) -> Iterator[CallContext]:
     """Make ``context`` the current call for the gateway API inside the block."""
-    token = _current.set(context)
+    token = enter_call(context)
     try:
         yield context
     finally:
-        _current.reset(token)
+        leave_call(token)
 
 
 def secrets_of(headers: Mapping[str, str]) -> tuple[str, ...]:
