@@ -30,6 +30,7 @@ from tykworker.wire.answers import event_answer
 from tykworker.wire.reasons import Reason
 from tykworker.worker import dispatch
 from tykworker.worker.plugins import Runtime, load_runtime
+from tykworker.worker.tyk.gateway import SECRET_HEADERS, CallContext
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "plugins"
 
@@ -254,6 +255,20 @@ def test_logs_carry_hook_name_and_never_secret_headers(
     assert "boom with [redacted]" in text
     for secret in ("s3cr3t-value", "c00kie-value", "sid=c00kie"):
         assert secret not in text
+
+
+@pytest.mark.parametrize("name", SECRET_HEADERS)
+def test_call_context_redacts_every_secret_header_even_once_removed(name: str) -> None:
+    """The context reads the secret values when the call starts (a hook may delete the
+    header, then log its value) and splits them only when something is redacted."""
+    value = "sid=s3cr3t-value" if name == "Cookie" else "Bearer s3cr3t-value"
+    obj = gateway_object(PRE, "X", headers={name: value, "X-Other": "plain"})
+    context = CallContext(hook="X", headers=obj.request.headers)
+    del obj.request.headers[name]
+    text = context.redact(f"saw {value} and s3cr3t-value, kept plain")
+    assert "s3cr3t" not in text and "plain" in text
+    assert CallContext(headers=obj.request.headers).secrets == ()
+    assert CallContext().redact("s3cr3t-value") == "s3cr3t-value"
 
 
 # --- events ------------------------------------------------------------------------

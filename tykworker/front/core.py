@@ -128,6 +128,7 @@ class Counters:
 class Front:
     def __init__(self, settings: Settings, spec: FrontSpec) -> None:
         self.settings = settings
+        self.timeouts = _timeouts_of(settings)
         self.spec = spec
         self.router = Router(
             queue_limit=settings.queue_size,
@@ -185,7 +186,12 @@ class Front:
         )
         self.pending[call.call_id] = respond
         self.counters.calls += 1
-        hook_timeout = self.settings.timeout_for(_type_name(call))
+        # ``Settings.timeout_for(_type_name(call))``, looked up in a table made with the
+        # settings (an interpreted method and two maps per call otherwise).
+        timeouts = self.timeouts
+        hook_timeout = timeouts.get(call.hook_type if kind == FrameKind.DISPATCH else -1)
+        if hook_timeout is None:
+            hook_timeout = timeouts[HOOK_TYPES["pre"]]  # an unknown hook type: ``_type_name``
         self._apply(self.router.submit(call, hook_timeout, deadline))
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
@@ -653,6 +659,7 @@ class Front:
             return
         if isinstance(message, control.LiveSettings):
             self.settings = apply_live_settings(self.settings, message.values())
+            self.timeouts = _timeouts_of(self.settings)
             self.router.queue_limit = self.settings.queue_size
             log.info("applied new live settings: %s", live_settings(self.settings))
         elif isinstance(message, control.Generation):
@@ -767,6 +774,13 @@ def _traced_header(call: Call) -> bytes:
     prefix = tracecontext.prefix(call.trace, call.arrived_at, call.sent_at)
     kind = FrameKind.DISPATCH_TRACED if call.kind == FrameKind.DISPATCH else FrameKind.EVENT_TRACED
     return encode_header(kind, call.call_id, len(prefix) + len(call.payload)) + prefix
+
+
+def _timeouts_of(settings: Settings) -> dict[int, float]:
+    """Each hook type's deadline in seconds by its number; events' under -1."""
+    table = {number: settings.timeout_for(name) for number, name in _HOOK_NAMES.items()}
+    table[-1] = settings.timeout_for("event")
+    return table
 
 
 def _type_name(call: Call) -> str:

@@ -77,7 +77,6 @@ from tykworker.worker.tyk.gateway import (
     current,
     enter_call,
     leave_call,
-    secrets_of,
 )
 from tykworker.worker.tyk.request import TykCoProcessRequest
 
@@ -116,7 +115,7 @@ def start_dispatch(payload: bytes | bytearray, resolve: Resolver) -> bytes | Pen
         hook=obj.hook_name,
         api_id=obj.spec.get("APIID", ""),
         spec=obj.spec,
-        secrets=secrets_of(obj.request.headers),
+        headers=obj.request.headers,
     )
     active_call.api_id = context.api_id
     token = enter_call(context)  # ``call_context``, without a generator per call

@@ -72,17 +72,37 @@ class BufferPool:
     used: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class CallEvent:
     """A complete request: the driver routes it and calls ``respond`` once (a health
-    Watch answers with ``start_stream``/``send_message``/``finish`` instead)."""
+    Watch answers with ``start_stream``/``send_message``/``finish`` instead).
+
+    One per call, like ``Stream``: both write their ``__init__`` out (``init=False``), since
+    the one ``dataclasses`` generates runs interpreted even in the compiled build (~0.4 µs
+    per object against ~0.05 native)."""
 
     stream_id: int
     kind: FrameKind | None
     payload: bytes | bytearray
     timeout: float | None
-    health: str = ""  # "Check" or "Watch" (grpc.health.v1.Health) when ``kind`` is None
-    trace: bytes | None = None  # the propagation headers (``Limits.trace_context``), if any
+    health: str  # "Check" or "Watch" (grpc.health.v1.Health) when ``kind`` is None
+    trace: bytes | None  # the propagation headers (``Limits.trace_context``), if any
+
+    def __init__(
+        self,
+        stream_id: int,
+        kind: FrameKind | None,
+        payload: bytes | bytearray,
+        timeout: float | None,
+        health: str = "",
+        trace: bytes | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.kind = kind
+        self.payload = payload
+        self.timeout = timeout
+        self.health = health
+        self.trace = trace
 
 
 # How a stream closed; remembered for a while to judge frames that arrive late.
@@ -91,26 +111,48 @@ RESET_BY_US = 2  # we sent RST_STREAM: later frames are ignored (they were in fl
 RESET_BY_PEER = 3  # the peer sent RST_STREAM: later frames are a STREAM_CLOSED stream error
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Stream:
+    """One open stream (its ``__init__`` written out: see ``CallEvent``)."""
+
     stream_id: int
     head: RequestHead
     recv_window: int
     send_window: int
-    remote_closed: bool = False
-    dispatched: bool = False  # a CallEvent went out; the driver owes one respond()
-    answering: bool = False  # our answer has started (HEADERS sent)
-    received: int = 0  # DATA payload bytes (for content-length)
-    body: bytearray | None = None  # the gRPC prefix while it is split over DATA frames
+    remote_closed: bool
+    dispatched: bool  # a CallEvent went out; the driver owes one respond()
+    answering: bool  # our answer has started (HEADERS sent)
+    received: int  # DATA payload bytes (for content-length)
+    body: bytearray | None  # the gRPC prefix while it is split over DATA frames
     # The request message (without prefix): ``bytes`` when it came whole in one DATA frame,
     # else a buffer of its announced length that DATA frames fill up to ``filled``.
-    message: bytes | bytearray | None = None
-    filled: int = 0
-    out: list[memoryview] = field(default_factory=list)  # answer DATA held by flow control
-    trailers: bytes | None = None  # header block sent after ``out`` with END_STREAM
-    data_end: bool = False  # END_STREAM on the last DATA frame (HTTP refusals: no trailers)
-    held: int = 0  # bytes of body/message or of ``out`` counted in the connection's buffer
-    waiting_since: float = -1.0  # first sweep that saw it waiting on the client (-1: not)
+    message: bytes | bytearray | None
+    filled: int
+    out: list[memoryview]  # answer DATA held by flow control
+    trailers: bytes | None  # header block sent after ``out`` with END_STREAM
+    data_end: bool  # END_STREAM on the last DATA frame (HTTP refusals: no trailers)
+    held: int  # bytes of body/message or of ``out`` counted in the connection's buffer
+    waiting_since: float  # first sweep that saw it waiting on the client (-1: not)
+
+    def __init__(
+        self, stream_id: int, head: RequestHead, recv_window: int, send_window: int
+    ) -> None:
+        self.stream_id = stream_id
+        self.head = head
+        self.recv_window = recv_window
+        self.send_window = send_window
+        self.remote_closed = False
+        self.dispatched = False
+        self.answering = False
+        self.received = 0
+        self.body = None
+        self.message = None
+        self.filled = 0
+        self.out = []
+        self.trailers = None
+        self.data_end = False
+        self.held = 0
+        self.waiting_since = -1.0
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ import contextvars
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from tykworker.store import Store, StoreThreads
@@ -51,14 +51,45 @@ _LEVELS: Final = {
 EventTrigger = Callable[[str, str], int]
 
 
-@dataclass(slots=True)
 class CallContext:
-    """What the gateway API knows about the call being served."""
+    """What the gateway API knows about the call being served.
 
-    hook: str = ""
-    api_id: str = ""
-    spec: Mapping[str, str] = field(default_factory=dict)
-    secrets: tuple[str, ...] = ()
+    ``headers``: the request's headers, whose secret values (``SECRET_HEADERS``) are read
+    at once (a plugin may remove them before it logs) and split into what ``redact``
+    replaces (``secrets``) only when something is redacted: most calls log nothing, and
+    the split cost ~2 µs per call with a bearer token."""
+
+    __slots__ = ("_raw", "_secrets", "api_id", "hook", "spec")
+
+    def __init__(
+        self,
+        hook: str = "",
+        api_id: str = "",
+        spec: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.hook = hook
+        self.api_id = api_id
+        self.spec: Mapping[str, str] = {} if spec is None else spec
+        self._raw: tuple[str | None, ...] = (
+            ()
+            if headers is None
+            else (
+                headers.get("Authorization"),  # SECRET_HEADERS, one map lookup each
+                headers.get("Cookie"),
+                headers.get("Proxy-Authorization"),
+            )
+        )
+        self._secrets: tuple[str, ...] | None = None if self._raw else ()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The values ``redact`` replaces (``secrets_of`` the request's headers)."""
+        if self._secrets is None:
+            self._secrets = secrets_of(
+                {n: v for n, v in zip(SECRET_HEADERS, self._raw, strict=True) if v}
+            )
+        return self._secrets
 
     def log_extra(self) -> dict[str, Any]:
         return {"hook": self.hook, "api_id": self.api_id}
