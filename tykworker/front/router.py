@@ -64,12 +64,9 @@ from tykworker.wire.reasons import Reason
 
 @dataclass(slots=True, init=False)
 class Call:
-    """One Dispatch/DispatchEvent in flight. ``payload`` is never parsed here.
-
-    The per-call records of this module write their ``__init__`` out (``init=False``): the
-    one ``dataclasses`` generates is interpreted Python even in the compiled build, ~0.4 µs
-    per object against ~0.05 for mypyc's native one, and the front makes several per call.
-    """
+    """One Dispatch/DispatchEvent in flight. ``payload`` is never parsed here. (Made per
+    call, like ``Assign``, ``Arm`` and ``Completed``: ``__init__`` written out, see
+    tykworker/compiled.py.)"""
 
     call_id: int
     kind: int  # wire.frames.FrameKind.DISPATCH or EVENT
@@ -154,9 +151,8 @@ class Lane:
 
 @dataclass(slots=True, init=False)
 class Assign:
-    """Send ``call`` to the worker on ``conn_id``. (Per call, like ``Arm`` and
-    ``Completed``: not frozen, so that its ``__init__`` can be native; see ``Call``.
-    No one changes an action after making it.)"""
+    """Send ``call`` to the worker on ``conn_id``. (Not frozen, like ``Arm`` and
+    ``Completed``, for a native ``__init__``; no one changes an action once made.)"""
 
     conn_id: int
     call: Call

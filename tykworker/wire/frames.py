@@ -73,10 +73,8 @@ Payload = bytes | bytearray
 
 @dataclass(slots=True, init=False)
 class Frame:
-    """One decoded frame. Made for every frame on the bridge, so not frozen and with its
-    ``__init__`` written out: the one ``dataclasses`` generates (``object.__setattr__``
-    per field when frozen) runs interpreted even in the compiled build, ~0.5 µs per frame
-    against ~0.05 native. No one changes a frame after ``FrameDecoder`` made it."""
+    """One decoded frame. Made for every frame on the bridge: not frozen and ``__init__``
+    written out (tykworker/compiled.py); no one changes a frame ``FrameDecoder`` made."""
 
     kind: FrameKind
     call_id: int
