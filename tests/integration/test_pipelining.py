@@ -13,6 +13,7 @@ import pytest
 from tykworker._proto import coprocess_object_pb2 as object_pb2
 
 from .conftest import Server, busy_with, make_object, wait_for
+from .test_observability import scrape_unix, value
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +83,46 @@ def test_calls_sent_ahead_to_a_hung_worker_are_routed_again(start_server, gate: 
     # Answered by a worker (its pid added), not by tykworker's timeout or crash answer.
     assert all(r.request.set_headers["X-Worker-Pid"] for r in replies)
     assert all(r.request.return_overrides.response_code <= 0 for r in replies)
+
+
+def _held_by_worker(metrics: Path) -> float:
+    return value(scrape_unix(metrics), "tykworker_worker_calls_in_flight", slot="0")
+
+
+@pytest.mark.parametrize("then", ["exit", "hang"])
+def test_a_reply_made_before_a_call_that_kills_or_hangs_its_worker_reaches_its_caller(
+    start_server, gate: Path, workdir: Path, then: str
+):
+    """A worker writes the replies of the calls it read together once they are all done
+    (worker/loop.py); the front takes those of calls that ran from the worker's journal
+    (wire/journal.py): at once when the next call hangs, before the crash answer when it
+    kills the worker."""
+    metrics = workdir / "metrics.sock"
+    server = start_server(
+        "--workers", "1", "--pipeline-depth", "4", "--hook-timeout", "30", "--metrics", str(metrics)
+    )  # fmt: skip
+    _warm(server, "Gate", headers={"Gate": str(workdir)})
+    _warm(server, "Chaos", headers={"Call-Id": "warm"})  # both fast: sent ahead
+    doomed = make_object("Chaos", headers={"Do": then, "Call-Id": "doomed"}).SerializeToString()
+    pool = ThreadPoolExecutor(max_workers=3)
+    try:
+        held = pool.submit(server.dispatch, "Gate", headers={"Gate": str(gate)})
+        wait_for(lambda: busy_with(server, "Gate"), what="Gate running")
+        first = pool.submit(server.dispatch, "Chaos", headers={"Call-Id": "first"})
+        wait_for(lambda: _held_by_worker(metrics) == 2, what="first call sent ahead")
+        last = pool.submit(server.dispatch_raw, doomed, 25.0)
+        wait_for(lambda: _held_by_worker(metrics) == 3, what="doomed call sent ahead")
+        # The worker reads both at once when Gate returns, runs the first, then the doomed.
+        gate.touch()
+        assert held.result(timeout=30).request.set_headers["X-Worker-Pid"]
+        # Well before any deadline (30 s, the client's 25 s): not a timeout answer.
+        reply = first.result(timeout=10)
+        assert reply.request.set_headers["X-Call-Id"] == "first"
+        assert reply.request.return_overrides.response_code <= 0
+        if then == "exit":
+            crashed = object_pb2.Object.FromString(last.result(timeout=30))
+            assert crashed.request.return_overrides.response_code == 502  # the crash answer
+        else:
+            assert not last.done()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

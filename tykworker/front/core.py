@@ -87,6 +87,7 @@ from tykworker.wire.frames import (
     peek_object_header,
 )
 from tykworker.wire.handoff import FrontSpec
+from tykworker.wire.journal import JournalReader, journal_path
 from tykworker.wire.reasons import Reason
 from tykworker.wire.scoreboard import Scoreboard
 
@@ -145,6 +146,7 @@ class Front:
         self._timer: asyncio.TimerHandle | None = None  # at the earliest deadline
         self._timer_at = math.inf  # when it fires (monotonic)
         self.links: dict[int, asyncio.Transport] = {}  # bridge connection -> transport
+        self.bridges: dict[int, _WorkerLink] = {}  # bridge connection -> its protocol
         self.members: dict[int, Lane] = {}  # bridge connection -> worker (for logs)
         self.ids = itertools.count(1)
         self.conn_ids = itertools.count(1)
@@ -219,6 +221,14 @@ class Front:
         return await future
 
     def _expire(self, call_id: int) -> None:
+        # Its worker may have replied in a write not read yet, or in its journal (a batch
+        # whose next call hangs): then the reply answers it, not the timeout.
+        conn_id = self.router.assigned.get(call_id)
+        link = self.bridges.get(conn_id) if conn_id is not None else None
+        if link is not None:
+            link.catch_up()
+            if call_id not in self.pending:
+                return
         self._apply(self.router.expire(call_id, time.monotonic()))
 
     def _arm(self, action: Arm) -> None:
@@ -318,6 +328,11 @@ class Front:
                 link.writelines(parts)
             else:
                 link.write(b"".join(parts))
+            lane = self.router.workers.get(conn_id)
+            if lane is not None and len(lane.calls) > 1:  # a batch: replies may wait in it
+                bridge = self.bridges.get(conn_id)
+                if bridge is not None:
+                    bridge.watch()
 
     def _cancel(self, action: Cancel) -> None:
         """Tell the worker to cancel an async call past its deadline; check it did."""
@@ -689,12 +704,16 @@ class Front:
 class _WorkerLink(asyncio.Protocol):
     """One bridge connection: decodes the worker's frames and hands them to the front.
 
-    Invariant: every byte the worker wrote is read before the front hears that the
-    connection is gone. A write to a worker that just died (calls sent ahead) makes the
-    event loop close the transport at once, dropping replies still in the socket; so the
-    link keeps a duplicate of the socket's descriptor and reads the rest from it in
-    ``connection_lost`` (the front must know which calls the worker answered before it
-    died: the first unanswered one is the one that killed it, the others never ran).
+    Invariant: every byte the worker wrote, or made and put in its reply journal
+    (wire/journal.py), is read, once and in order, before the front hears that the
+    connection is gone and before a call the worker holds gets its timeout answer (the
+    front must know which calls the worker answered before it died or hung: the first
+    unanswered one is the one that did it, the others never ran). A write to a worker
+    that just died (calls sent ahead) makes the event loop close the transport at once,
+    dropping replies still in the socket; so the link keeps a duplicate of the socket's
+    descriptor and reads the rest from it (``catch_up``), then the journal's bytes that
+    follow. Bytes read from the journal come through the socket again later (the worker
+    writes its batch when the batch is done): ``received`` skips them.
     """
 
     def __init__(self, front: Front) -> None:
@@ -704,23 +723,43 @@ class _WorkerLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.joined = False
         self.spare: int | None = None  # dup of the socket's fd, for the last bytes
+        self.journal: JournalReader | None = None  # the worker's, once it said HELLO
+        self.watching = False  # ``_look`` is scheduled
+        # How long the replies of a batch may wait in the journal behind a call of a
+        # hook that was fast (front/router.py ``fast_limit``) and is not now.
+        self.patience = max(front.settings.pipeline_fast_ms / 1000, 0.0005)
+        self.read = 0  # bytes read from the socket
+        self.received = 0  # bytes of the worker's stream decoded (socket, then journal)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = cast(asyncio.Transport, transport)
+        self.front.bridges[self.conn_id] = self
         sock = transport.get_extra_info("socket")
         with contextlib.suppress(AttributeError, OSError):
             self.spare = os.dup(sock.fileno())
             os.set_blocking(self.spare, False)
 
     def data_received(self, data: bytes) -> None:
-        if not self._consume(data) and self.transport is not None:
+        if not self._from_socket(data) and self.transport is not None:
             self.transport.close()
 
+    def _from_socket(self, data: bytes) -> bool:
+        """``_consume`` the bytes of ``data`` not already read from the journal."""
+        start, self.read = self.read, self.read + len(data)
+        if self.read <= self.received:
+            return True
+        if start < self.received:
+            with memoryview(data) as view:
+                return self._consume(bytes(view[self.received - start :]))
+        return self._consume(data)
+
     def _consume(self, data: bytes) -> bool:
-        """Hand the complete frames in ``data`` to the front; False if the stream is
-        broken (it cannot be resynchronised: the connection must close)."""
+        """Hand the complete frames in ``data`` (the stream's bytes from ``received``
+        on) to the front; False if the stream is broken (it cannot be resynchronised:
+        the connection must close)."""
         front = self.front
+        self.received += len(data)
         try:
             self.decoder.feed(data)
             while (frame := self.decoder.next_frame()) is not None:
@@ -729,17 +768,64 @@ class _WorkerLink(asyncio.Protocol):
                 elif self.transport is not None:
                     front.worker_joined(self.conn_id, frame, self.transport)
                     self.joined = True
+                    self._open_journal()
         except ProtocolError as exc:
             log.error("bridge connection %d broken: %s", self.conn_id, exc)
             return False
         return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _open_journal(self) -> None:
+        """Map the journal of the worker that just said HELLO, and unlink its file."""
+        worker = self.front.members.get(self.conn_id)
+        if worker is None:
+            return
+        path = journal_path(self.front.spec.scoreboard_path.parent, worker.pid)
+        try:
+            self.journal = JournalReader(path)
+        except (OSError, ValueError) as exc:
+            log.warning("worker pid %d: no reply journal: %s", worker.pid, exc)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def catch_up(self) -> None:
+        """Decode what the worker wrote that the loop has not read yet, then what it
+        made and holds in its journal: before the front decides that a call of this
+        worker has no reply."""
         if self.spare is not None:
             self._read_rest(self.spare)
+        if self.journal is not None and self.joined:
+            tail = self.journal.tail(self.received)
+            if tail and not self._consume(tail):
+                self.journal.close()
+                self.journal = None  # a broken stream: the connection closes on its own
+
+    def watch(self) -> None:
+        """The worker holds a batch of calls: look at its journal in ``patience``."""
+        if not self.watching and self.transport is not None:
+            self.watching = True
+            asyncio.get_running_loop().call_later(self.patience, self._look)
+
+    def _look(self) -> None:
+        """Replies the worker made in this batch do not wait for the rest of it (a call
+        that turned slow): those in its journal are delivered now."""
+        self.watching = False
+        if self.transport is None:
+            return
+        self.catch_up()
+        lane = self.front.router.workers.get(self.conn_id)
+        if lane is not None and len(lane.calls) > 1:
+            self.watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.catch_up()
+        if self.spare is not None:
             os.close(self.spare)
             self.spare = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
         self.transport = None
+        self.front.bridges.pop(self.conn_id, None)
         self.front.worker_left(self.conn_id)
 
     def _read_rest(self, fd: int) -> None:
@@ -750,7 +836,7 @@ class _WorkerLink(asyncio.Protocol):
                 data = os.read(fd, 1 << 16)
             except OSError:  # EAGAIN (nothing left), ECONNRESET
                 return
-            if not data or not self._consume(data):
+            if not data or not self._from_socket(data):
                 return
 
 

@@ -11,8 +11,10 @@ Life of a worker (forked by the supervisor, never returns into supervisor code):
 3. run the ``@OnStart`` hooks (lifecycle.py; one failing: exit code 3), send HELLO on the
    bridge (naming the async hooks), report ``ready`` to the supervisor on the worker's own
    channel, and close that channel (plugin code keeps no descriptor of the supervisor's);
-4. loop: read what the front sent (perhaps several calls), run each call in order and
-   write its REPLY frame (same call id) before starting the next (``_run_batch``). A call
+4. loop: read what the front sent (perhaps several calls), run each call in order, and
+   write their REPLY frames (same call ids) in one write when the calls read are done
+   (``_run_batch``); each reply is in the worker's journal (wire/journal.py) before the
+   next call starts, where the front finds it if the worker dies first. A call
    whose hook is an ``async def`` is started as a task instead (tasks.py) and the next
    frame is read at once; its REPLY goes out when the task ends, in the first write after
    (several replies of one loop iteration in one write). The first such call switches the
@@ -70,6 +72,7 @@ from tykworker.wire.frames import (
     peek_object_header,
 )
 from tykworker.wire.handoff import WorkerSpec
+from tykworker.wire.journal import JournalWriter, journal_path
 from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotWriter, slot_name
 from tykworker.worker import lifecycle, tracing, watchdog
 from tykworker.worker.dispatch import Pending, oversized_reply
@@ -129,7 +132,11 @@ class Worker:
         self.tasks = Tasks(self._complete)
         self.announced: frozenset[str] = frozenset()  # the async hooks HELLO named
         self._flush_due = False  # async mode: a flush is scheduled on the loop
-        self.bridge: socket.socket | None = None  # async mode: the bridge, for ``_flush_tasks``
+        self.bridge: socket.socket | None = None  # the bridge, once connected
+        #: Frames made but not yet written, readable by the front (``_emit``); None: each
+        #: batch of frames is written at once (the journal could not be made).
+        self.journal: JournalWriter | None = None
+        self.sent = 0  # bytes written to the bridge: the stream offset of ``out``'s first
 
     def run(self) -> int:
         signals = _Signals()
@@ -153,6 +160,12 @@ class Worker:
         except OSError as exc:
             log.error("cannot connect to the front at %s: %s", self.spec.bridge_path, exc)
             return ExitCode.ERROR
+        self.bridge = bridge
+        try:  # before dropping privileges too: the front opens it with HELLO's pid
+            path = journal_path(self.spec.scoreboard_path.parent, self.pid)
+            self.journal = JournalWriter(path)
+        except OSError as exc:
+            log.warning("no reply journal (%s): every reply is written at once", exc)
         # tykworker's own modules are imported with the parent's credentials (they may
         # live where the workers' user cannot read), plugins only after the drop.
         from tykworker.worker.plugins import load_runtime
@@ -187,7 +200,11 @@ class Worker:
             self.settings.async_concurrency,
         )
         try:
-            bridge.sendall(encode_frame(FrameKind.HELLO, 0, control.encode(hello)))
+            hello_frame = encode_frame(FrameKind.HELLO, 0, control.encode(hello))
+            bridge.sendall(hello_frame)
+            self.sent = len(hello_frame)
+            if self.journal is not None:
+                self.journal.reset(self.sent)
             self._report_ready()
             self._set_state(SlotState.IDLE)
             self._title("idle")
@@ -315,7 +332,7 @@ class Worker:
         alive = control.encode_frame_of(control.Alive())
 
         def on_beat() -> None:
-            self.out.append(alive)
+            self._emit((alive,))
             self._flush(bridge)
 
         self._flush_tasks()  # what the batch that started the first task made
@@ -325,16 +342,20 @@ class Worker:
     def _run_batch(self, bridge: socket.socket, runtime: _Runtime, decoder: FrameDecoder) -> None:
         """Run every call whose frame is complete, in order: under load the front sends
         calls ahead (front/router.py), so the worker finds the next one without sleeping.
-        Each reply is sent before the next call starts: if that call kills the worker, the
-        front knows which one did (the first it has no reply for) and that the others
-        never ran (it routes them again)."""
+        Their replies go out in one write once the calls read are done; each one is in the
+        journal before the next call starts: if that call kills the worker (or hangs past
+        its deadline), the front reads the replies made from the journal, knows which call
+        did it (the first it has no reply for) and that the others never ran (it routes
+        them again). The front sends a call behind another only when both are of hooks
+        that have been fast (router.py), so a reply waits for a slow call only when a
+        fast hook turns slow, and its deadline reads it from the journal even then."""
         handled = False
         while (frame := decoder.next_frame()) is not None:
             self._handle(runtime, frame.kind, frame.call_id, frame.payload)
             if not self.draining:
                 self._check_recycle()
-            self._flush(bridge)
             handled = True
+        self._flush(bridge)
         if handled and (self.tasks.live or self.draining):
             self._title(self._doing())  # "idle": at the next watchdog tick
 
@@ -373,7 +394,7 @@ class Worker:
         if kind == FrameKind.EVENT:  # the handler's name, which the front cannot read
             named = control.Handler(logs.active_call.hook)
             head = control.encode_frame_of(named, call_id) + head
-        self.out += (head, reply)
+        self._emit((head, reply))
         self.calls += 1
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
 
@@ -387,7 +408,7 @@ class Worker:
         logs.end_call()
         self.tasks.start(kind, call_id, record, payload, pending)
         if kind != FrameKind.DISPATCH or hook not in self.announced:
-            self.out.append(control.encode_frame_of(control.Concurrent(), call_id))
+            self._emit((control.encode_frame_of(control.Concurrent(), call_id),))
         self._set_state(SlotState.DRAINING if self.draining else SlotState.IDLE)
 
     def _complete(
@@ -407,7 +428,7 @@ class Worker:
             head = control.encode_frame_of(control.Failed(record.failure), call_id) + head
         if kind == FrameKind.EVENT:
             head = control.encode_frame_of(control.Handler(record.hook), call_id) + head
-        self.out += (head, reply)
+        self._emit((head, reply))
         self.calls += 1
         if not self._flush_due:
             self._flush_due = True
@@ -434,7 +455,7 @@ class Worker:
             return
         if isinstance(message, control.Cancel) and self.tasks.cancel(call_id):
             log.info("async call %d cancelled at its deadline", call_id)
-            self.out.append(encode_header(FrameKind.REPLY, call_id, 0))
+            self._emit((encode_header(FrameKind.REPLY, call_id, 0),))
             # Hooks that go on after their cancellation hold memory the front no longer
             # counts: past a worker's worth of them, it is replaced.
             stale = len(self.tasks.cancelled)
@@ -465,6 +486,16 @@ class Worker:
         if not self.running:
             self._title(self._doing())
 
+    def _emit(self, parts: tuple[bytes, ...]) -> None:
+        """Queue frames for the next ``_flush``, in the journal first; frames the journal
+        has no room for are written at once, with those queued before them."""
+        self.out += parts
+        journal = self.journal
+        if journal is None or not journal.append(parts):
+            bridge = self.bridge
+            if bridge is not None:
+                self._flush(bridge)
+
     def _flush(self, bridge: socket.socket) -> None:
         """Send the frames made so far, in order."""
         if self.out:
@@ -472,7 +503,9 @@ class Worker:
             # A front that closed first (it drained us on a reload, or it is gone) cannot
             # take them; the next read sees its end of file and the worker exits.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                _send_all(bridge, out)
+                self.sent += _send_all(bridge, out)
+            if self.journal is not None:
+                self.journal.reset(self.sent)
 
     def _check_recycle(self) -> None:
         if self.settings.max_requests and self.calls >= self.limit:
@@ -484,7 +517,7 @@ class Worker:
         """Queue DRAIN after the replies made so far (sent with them)."""
         log.info("%s leaving: %s", self.label, why)
         self.draining = True
-        self.out.append(encode_frame(FrameKind.DRAIN, 0))
+        self._emit((encode_frame(FrameKind.DRAIN, 0),))
         self._set_state(SlotState.DRAINING)
         self._title("draining")
 
@@ -519,14 +552,14 @@ class _Runtime(Protocol):
     def close(self) -> None: ...
 
 
-def _send_all(sock: socket.socket, parts: list[bytes]) -> None:
+def _send_all(sock: socket.socket, parts: list[bytes]) -> int:
     """All of ``parts``, in order, without copying large ones: small batches are joined
     into one ``send``; larger ones go out by ``sendmsg`` (gathered), continued with
-    ``sendall`` from wherever the kernel stopped."""
+    ``sendall`` from wherever the kernel stopped. Returns the bytes sent (all)."""
     total = sum(map(len, parts))
     if total < 65536:
         sock.sendall(b"".join(parts))
-        return
+        return total
     for start in range(0, len(parts), _IOV_MAX):
         chunk = parts[start : start + _IOV_MAX]
         sent = sock.sendmsg(chunk)
@@ -537,6 +570,7 @@ def _send_all(sock: socket.socket, parts: list[bytes]) -> None:
             with memoryview(part) as view:
                 sock.sendall(view[sent:])
             sent = 0
+    return total
 
 
 def run_worker(settings: Settings, spec: WorkerSpec) -> int:
