@@ -1,20 +1,26 @@
-"""The reply journal (wire/journal.py): what the front reads of a worker's unwritten bytes."""
+"""The reply journal (wire/journal.py): what the front reads of a worker's unwritten bytes,
+and the first frame that hands it over."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tykworker.wire.journal import JournalReader, JournalWriter, journal_path
+from tykworker.wire import journal
+from tykworker.wire.frames import FrameKind, encode_frame
+from tykworker.wire.journal import JournalReader, JournalWriter
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[JournalWriter, JournalReader]]:
-    path = journal_path(tmp_path, 1234)
-    writer = JournalWriter(path, capacity=64)
-    reader = JournalReader(path)
+def pair() -> Iterator[tuple[JournalWriter, JournalReader]]:
+    fd = journal.create(capacity=64)
+    writer = JournalWriter(fd)
+    reader = JournalReader(fd)
+    os.close(fd)  # both mapped: the memory lives on
     yield writer, reader
     writer.close()
     reader.close()
@@ -22,6 +28,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[JournalWriter, JournalReader]]:
 
 def test_tail_is_what_follows_the_bytes_read(pair: tuple[JournalWriter, JournalReader]) -> None:
     writer, reader = pair
+    assert reader.tail(0) == b""  # a new journal: nothing committed
     writer.reset(100)  # 100 bytes of the stream written to the socket
     assert writer.append((b"head", b"reply"))
     assert writer.append((b"next",))
@@ -54,20 +61,53 @@ def test_a_group_that_does_not_fit_is_refused_whole(
     assert reader.tail(40) == b"y" * 24
 
 
-def test_the_file_is_the_workers_own(tmp_path: Path) -> None:
-    path = journal_path(tmp_path, 7)
-    writer = JournalWriter(path)
+def test_its_size_is_sealed() -> None:
+    """A plugin that found the memory cannot shrink it under the front's mapping."""
+    fd = journal.create(capacity=64)
     try:
-        assert path.name == "journal.7"
-        assert path.stat().st_mode & 0o777 == 0o600
-        with pytest.raises(FileExistsError):  # never another process's file
-            JournalWriter(path)
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)
+        with pytest.raises(PermissionError):
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, 0)  # and the seals cannot change
     finally:
+        os.close(fd)
+
+
+def test_the_first_frame_carries_the_journal() -> None:
+    front, worker = socket.socketpair()
+    with front, worker:
+        fd = journal.create(capacity=64)
+        reader = JournalReader(fd)
+        journal.send(front, fd)
+        os.close(fd)
+        got = journal.receive(worker)
+        assert got is not None
+        writer = JournalWriter(got)
+        os.close(got)
+        writer.append((b"frame",))
+        assert reader.tail(0) == b"frame"  # the same memory
         writer.close()
+        reader.close()
+        journal.send(front, None)  # the front could not make one
+        assert journal.receive(worker) is None
 
 
-def test_a_file_too_short_is_no_journal(tmp_path: Path) -> None:
-    path = tmp_path / "journal.9"
-    path.write_bytes(b"short")
-    with pytest.raises(ValueError, match="not a journal"):
-        JournalReader(path)
+def test_a_first_frame_that_is_not_a_journal_is_refused() -> None:
+    front, worker = socket.socketpair()
+    with front, worker:
+        front.sendall(encode_frame(FrameKind.DISPATCH, 1))
+        with pytest.raises(ValueError, match="not a JOURNAL frame"):
+            journal.receive(worker)
+        front.close()
+        with pytest.raises(ConnectionError):
+            journal.receive(worker)
+
+
+def test_a_descriptor_too_short_is_no_journal() -> None:
+    fd = os.memfd_create("short")
+    try:
+        os.write(fd, b"short")
+        with pytest.raises(ValueError, match="not a journal"):
+            JournalReader(fd)
+    finally:
+        os.close(fd)

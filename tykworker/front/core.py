@@ -76,7 +76,7 @@ from tykworker.front.router import (
 )
 from tykworker.front.tracing import FrontTracer
 from tykworker.system import heap, proctitle, sockets
-from tykworker.wire import answers, control, tracecontext
+from tykworker.wire import answers, control, journal, tracecontext
 from tykworker.wire.frames import (
     DIRECT_FROM,
     Frame,
@@ -87,7 +87,7 @@ from tykworker.wire.frames import (
     peek_object_header,
 )
 from tykworker.wire.handoff import FrontSpec
-from tykworker.wire.journal import JournalReader, journal_path
+from tykworker.wire.journal import JournalReader
 from tykworker.wire.reasons import Reason
 from tykworker.wire.scoreboard import Scoreboard
 
@@ -723,7 +723,7 @@ class _WorkerLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.joined = False
         self.spare: int | None = None  # dup of the socket's fd, for the last bytes
-        self.journal: JournalReader | None = None  # the worker's, once it said HELLO
+        self.journal: JournalReader | None = None  # the worker's (``_give_journal``)
         self.watching = False  # ``_look`` is scheduled
         # How long the replies of a batch may wait in the journal behind a call of a
         # hook that was fast (front/router.py ``fast_limit``) and is not now.
@@ -739,6 +739,32 @@ class _WorkerLink(asyncio.Protocol):
         with contextlib.suppress(AttributeError, OSError):
             self.spare = os.dup(sock.fileno())
             os.set_blocking(self.spare, False)
+        if self.spare is not None:
+            self._give_journal(self.spare)
+
+    def _give_journal(self, fd: int) -> None:
+        """Make the worker's reply journal and send it in the connection's first frame
+        (wire/journal.py); without one (every reply then comes by the socket at once) if
+        it cannot be made."""
+        made: int | None = None
+        try:
+            made = journal.create()
+            self.journal = JournalReader(made)
+        except (OSError, ValueError) as exc:
+            log.warning("bridge connection %d: no reply journal: %s", self.conn_id, exc)
+            if made is not None:
+                os.close(made)
+                made = None
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(fd)) as sock:
+                journal.send(sock, made)
+        except OSError as exc:
+            log.error("bridge connection %d broken: %s", self.conn_id, exc)
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            if made is not None:
+                os.close(made)
 
     def data_received(self, data: bytes) -> None:
         if not self._from_socket(data) and self.transport is not None:
@@ -768,30 +794,16 @@ class _WorkerLink(asyncio.Protocol):
                 elif self.transport is not None:
                     front.worker_joined(self.conn_id, frame, self.transport)
                     self.joined = True
-                    self._open_journal()
         except ProtocolError as exc:
             log.error("bridge connection %d broken: %s", self.conn_id, exc)
             return False
         return True
 
-    def _open_journal(self) -> None:
-        """Map the journal of the worker that just said HELLO, and unlink its file."""
-        worker = self.front.members.get(self.conn_id)
-        if worker is None:
-            return
-        path = journal_path(self.front.spec.scoreboard_path.parent, worker.pid)
-        try:
-            self.journal = JournalReader(path)
-        except (OSError, ValueError) as exc:
-            log.warning("worker pid %d: no reply journal: %s", worker.pid, exc)
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-    def catch_up(self) -> None:
-        """Decode what the worker wrote that the loop has not read yet, then what it
-        made and holds in its journal: before the front decides that a call of this
-        worker has no reply."""
-        if self.spare is not None:
+    def catch_up(self, socket_too: bool = True) -> None:
+        """Decode what the worker wrote that the loop has not read yet (unless
+        ``socket_too`` is False: the loop reads it soon), then what it made and holds in
+        its journal: before the front decides that a call of this worker has no reply."""
+        if socket_too and self.spare is not None:
             self._read_rest(self.spare)
         if self.journal is not None and self.joined:
             tail = self.journal.tail(self.received)
@@ -811,7 +823,7 @@ class _WorkerLink(asyncio.Protocol):
         self.watching = False
         if self.transport is None:
             return
-        self.catch_up()
+        self.catch_up(socket_too=False)
         lane = self.front.router.workers.get(self.conn_id)
         if lane is not None and len(lane.calls) > 1:
             self.watch()

@@ -55,7 +55,6 @@ from tykworker.supervisor.watch import Watcher, watched_folders
 from tykworker.system import crashlog, kernel, proctitle, sockets, systemd
 from tykworker.wire import control
 from tykworker.wire.handoff import Children, FrontSpec, WorkerSpec
-from tykworker.wire.journal import journal_path
 from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotView
 
 log = logging.getLogger("tykworker.supervisor")
@@ -108,9 +107,8 @@ class Supervisor:
         # this runtime directory (tcp://, where no public path was claimed) is refused here.
         self.bridge_path = self.runtime_dir / "bridge.sock"
         self.bridge = sockets.bind_unix_listener(self.bridge_path, 0o600)
-        for pattern in ("stack.*", "journal.*"):  # left by a supervisor that was killed
-            for stale in self.runtime_dir.glob(pattern):
-                stale.unlink(missing_ok=True)
+        for stale in self.runtime_dir.glob("stack.*"):  # left by a supervisor that was killed
+            stale.unlink(missing_ok=True)
         self.identity = identity = self._worker_identity()
         self.board = Scoreboard.create(self.runtime_dir / "scoreboard")
         if not self.settings.redis_url:
@@ -288,8 +286,6 @@ class Supervisor:
                 os.killpg(pid, signal.SIGKILL)  # whatever the worker's plugins spawned
             self._log_exit(pid, code, proc.state if proc else None)
             self.channels.close(pid)
-            # A worker's reply journal, if it died before the front opened (and unlinked) it.
-            journal_path(self.runtime_dir, pid).unlink(missing_ok=True)
             index = self.index_of.pop(pid, None)
             if index is not None:
                 self._log_stack(pid, self.board.slot(index))

@@ -62,6 +62,9 @@ class FrameKind(enum.IntEnum):
     HELLO = 10  # worker -> front: msgpack {pid, generation, index}; worker is READY
     DRAIN = 11  # worker -> front: send me no more calls, close when my call is done
     CONTROL = 12  # msgpack map: status pipe to the supervisor; worker -> front "failed"
+    # front -> worker, the first frame of a bridge connection: no payload; carries the
+    # worker's reply journal (wire/journal.py) as an SCM_RIGHTS descriptor, or none.
+    JOURNAL = 13
 
 
 #: Byte value -> kind: a dict lookup per frame, not an Enum call (its cost shows per call).

@@ -11,9 +11,17 @@ journal after the socket: every reply of a call that ran is delivered, the first
 without one is the one that killed it, and the others never ran (DESIGN.md invariant 5,
 unchanged).
 
-One file per worker, ``<runtime_dir>/journal.<pid>``: created and mapped by the worker
-before it drops privileges and sends HELLO, opened read-only and unlinked by the front when
-it reads that HELLO (the supervisor removes the file of a worker that died before).
+One journal per bridge connection: anonymous shared memory (``memfd_create``) that the
+front makes when it accepts the connection (``create``) and passes to the worker in the
+connection's first frame (``send``/``receive``, a JOURNAL frame with the descriptor as
+SCM_RIGHTS; without one if it could not be made). No file in the runtime directory: its
+pages are never written back to a disk (a file's would be, wherever the runtime
+directory is not a tmpfs, and each write after a write-back faults), nothing is left
+behind by a process that was killed, and the worker's later privilege drop does not
+matter. Both sides map it and close the descriptor they were given (CPython's ``mmap``
+keeps a duplicate of its own). The front seals its size first: a plugin that used the
+worker's descriptor could not shrink the memory under the front's mapping (a read there
+would kill the front with SIGBUS).
 
 Layout: a 16-byte header, then the bytes. ``start`` (u64) is the offset in the worker's
 bridge stream of the first journal byte (everything the worker wrote before it), ``length``
@@ -25,41 +33,89 @@ Invariants: one writer (the worker's main thread). ``start`` only grows (a reset
 write of at least one byte), so a reader that sees the same ``start`` before and after
 copying the committed bytes has a consistent copy; bytes below ``length`` never change
 until a reset. A reader that knows how much of the stream it has read takes only what
-follows (``tail``): never a byte twice, never a gap.
+follows (``tail``): never a byte twice, never a gap. The reader trusts nothing it reads:
+a length past the mapping is ignored, and what it returns goes through the same frame
+decoder as the socket's bytes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import socket
 import struct
-from pathlib import Path
 from typing import Final
+
+from tykworker.wire.frames import HEADER, HEADER_SIZE, MAGIC, FrameKind, encode_frame
 
 #: Bytes of frames a journal holds; a batch that would overflow it is written at once.
 CAPACITY: Final = 256 * 1024
 _HEADER: Final = struct.Struct("<QI4x")
 _LENGTH: Final = struct.Struct("<I")
 _LENGTH_AT: Final = 8
+_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+_FRAME: Final = encode_frame(FrameKind.JOURNAL, 0)
 
 
-def journal_path(runtime_dir: Path, pid: int) -> Path:
-    return runtime_dir / f"journal.{pid}"
+def create(capacity: int = CAPACITY) -> int:
+    """A new journal's descriptor (the front's): zeroed (``start`` 0, nothing committed),
+    its size sealed."""
+    fd = os.memfd_create("tykworker-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, _HEADER.size + capacity)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def send(sock: socket.socket, fd: int | None) -> None:
+    """The connection's first frame, front -> worker: the journal, or none (``fd`` None)."""
+    socket.send_fds(sock, [_FRAME], [] if fd is None else [fd])
+
+
+def receive(sock: socket.socket) -> int | None:
+    """Read the connection's first frame (blocking; the worker's, right after it connects):
+    the journal's descriptor, or None where the front sent none. ``ConnectionError`` if
+    the front closed first, ``ValueError`` if the frame is not a JOURNAL frame (any
+    descriptor that came with it is closed)."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, HEADER_SIZE, 1, socket.MSG_CMSG_CLOEXEC)
+    try:
+        while 0 < len(data) < HEADER_SIZE:
+            more = sock.recv(HEADER_SIZE - len(data))
+            if not more:
+                break
+            data += more
+        if len(data) < HEADER_SIZE:
+            raise ConnectionError("the front closed the bridge before its first frame")
+        magic, _version, kind, length, _call_id = HEADER.unpack(data)
+        if magic != MAGIC or kind != FrameKind.JOURNAL or length:
+            raise ValueError(f"the bridge's first frame is not a JOURNAL frame: {data!r}")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds[0] if fds else None
+
+
+def _size(fd: int) -> int:
+    size = os.fstat(fd).st_size
+    if size < _HEADER.size:
+        raise ValueError(f"not a journal ({size} bytes)")
+    return size
 
 
 class JournalWriter:
-    """The worker's side: ``append`` frame groups, ``reset`` once they are written."""
+    """The worker's side: ``append`` frame groups, ``reset`` once they are written. Maps
+    ``fd``; the caller closes it."""
 
-    def __init__(self, path: Path, capacity: int = CAPACITY) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, _HEADER.size + capacity)
-            self._mm = mmap.mmap(fd, _HEADER.size + capacity)
-        finally:
-            os.close(fd)
-        self.capacity = capacity
+    def __init__(self, fd: int) -> None:
+        size = _size(fd)
+        self._mm = mmap.mmap(fd, size)
+        self.capacity = size - _HEADER.size
         self.length = 0
-        _HEADER.pack_into(self._mm, 0, 0, 0)
 
     def append(self, parts: tuple[bytes, ...] | list[bytes]) -> bool:
         """Copy ``parts`` after what the journal holds and commit them; False (nothing
@@ -90,15 +146,11 @@ class JournalWriter:
 
 
 class JournalReader:
-    """The front's side: a read-only view of one worker's journal."""
+    """The front's side: a read-only view of one worker's journal. Maps ``fd``; the caller
+    closes it."""
 
-    def __init__(self, path: Path) -> None:
-        with open(path, "rb") as handle:
-            self._mm = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        size = len(self._mm)
-        if size < _HEADER.size:
-            self._mm.close()
-            raise ValueError(f"{path}: not a journal ({size} bytes)")
+    def __init__(self, fd: int) -> None:
+        self._mm = mmap.mmap(fd, _size(fd), access=mmap.ACCESS_READ)
 
     def tail(self, received: int) -> bytes:
         """The committed bytes from stream offset ``received`` on (``b""``: none, or the

@@ -61,7 +61,7 @@ from tykworker import logs
 from tykworker.config import Settings
 from tykworker.errors import ExitCode, PluginLoadError, ProtocolError
 from tykworker.system import crashlog, heap, kernel, memory, proctitle
-from tykworker.wire import control
+from tykworker.wire import control, journal
 from tykworker.wire.frames import (
     DIRECT_FROM,
     FrameDecoder,
@@ -72,7 +72,7 @@ from tykworker.wire.frames import (
     peek_object_header,
 )
 from tykworker.wire.handoff import WorkerSpec
-from tykworker.wire.journal import JournalWriter, journal_path
+from tykworker.wire.journal import JournalWriter
 from tykworker.wire.scoreboard import Scoreboard, SlotState, SlotWriter, slot_name
 from tykworker.worker import lifecycle, tracing, watchdog
 from tykworker.worker.dispatch import Pending, oversized_reply
@@ -161,11 +161,20 @@ class Worker:
             log.error("cannot connect to the front at %s: %s", self.spec.bridge_path, exc)
             return ExitCode.ERROR
         self.bridge = bridge
-        try:  # before dropping privileges too: the front opens it with HELLO's pid
-            path = journal_path(self.spec.scoreboard_path.parent, self.pid)
-            self.journal = JournalWriter(path)
-        except OSError as exc:
-            log.warning("no reply journal (%s): every reply is written at once", exc)
+        try:  # the front's first frame (wire/journal.py)
+            fd = journal.receive(bridge)
+        except (OSError, ValueError) as exc:
+            log.error("bridge to the front at %s broken: %s", self.spec.bridge_path, exc)
+            return ExitCode.ERROR
+        if fd is None:
+            log.warning("no reply journal from the front: every reply is written at once")
+        else:
+            try:
+                self.journal = JournalWriter(fd)
+            except (OSError, ValueError) as exc:
+                log.warning("no reply journal (%s): every reply is written at once", exc)
+            finally:
+                os.close(fd)
         # tykworker's own modules are imported with the parent's credentials (they may
         # live where the workers' user cannot read), plugins only after the drop.
         from tykworker.worker.plugins import load_runtime
