@@ -12,7 +12,8 @@ import pytest
 
 from tykworker.wire import journal
 from tykworker.wire.frames import FrameKind, encode_frame
-from tykworker.wire.journal import JournalReader, JournalWriter
+from tykworker.wire.journal import FIRST_FRAME, JournalReader, JournalWriter
+from tykworker.worker.loop import receive_journal
 
 
 @pytest.fixture
@@ -78,9 +79,9 @@ def test_the_first_frame_carries_the_journal() -> None:
     with front, worker:
         fd = journal.create(capacity=64)
         reader = JournalReader(fd)
-        journal.send(front, fd)
+        socket.send_fds(front, [FIRST_FRAME], [fd])  # as the front does
         os.close(fd)
-        got = journal.receive(worker)
+        got = receive_journal(worker)
         assert got is not None
         writer = JournalWriter(got)
         os.close(got)
@@ -88,8 +89,8 @@ def test_the_first_frame_carries_the_journal() -> None:
         assert reader.tail(0) == b"frame"  # the same memory
         writer.close()
         reader.close()
-        journal.send(front, None)  # the front could not make one
-        assert journal.receive(worker) is None
+        front.sendall(FIRST_FRAME)  # the front could not make one
+        assert receive_journal(worker) is None
 
 
 def test_a_first_frame_that_is_not_a_journal_is_refused() -> None:
@@ -97,10 +98,10 @@ def test_a_first_frame_that_is_not_a_journal_is_refused() -> None:
     with front, worker:
         front.sendall(encode_frame(FrameKind.DISPATCH, 1))
         with pytest.raises(ValueError, match="not a JOURNAL frame"):
-            journal.receive(worker)
+            receive_journal(worker)
         front.close()
-        with pytest.raises(ConnectionError):
-            journal.receive(worker)
+        with pytest.raises(ValueError, match="closed in its first frame"):
+            receive_journal(worker)
 
 
 def test_a_descriptor_too_short_is_no_journal() -> None:

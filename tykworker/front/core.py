@@ -757,7 +757,7 @@ class _WorkerLink(asyncio.Protocol):
                 made = None
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(fd)) as sock:
-                journal.send(sock, made)
+                socket.send_fds(sock, [journal.FIRST_FRAME], [] if made is None else [made])
         except OSError as exc:
             log.error("bridge connection %d broken: %s", self.conn_id, exc)
             if self.transport is not None:

@@ -8,13 +8,14 @@ one system call and one wake-up of the front per batch instead of per call. Unti
 write, each reply is also appended here, before the next call starts. If the worker dies
 (or a call it holds passes its deadline, the worker alive but hung), the front reads the
 journal after the socket: every reply of a call that ran is delivered, the first call
-without one is the one that killed it, and the others never ran (DESIGN.md invariant 5,
-unchanged).
+without one is the one that killed it, and the others never ran (the same answers as
+when each reply was written at once).
 
 One journal per bridge connection: anonymous shared memory (``memfd_create``) that the
 front makes when it accepts the connection (``create``) and passes to the worker in the
-connection's first frame (``send``/``receive``, a JOURNAL frame with the descriptor as
-SCM_RIGHTS; without one if it could not be made). No file in the runtime directory: its
+connection's first frame (``FIRST_FRAME`` with the descriptor as SCM_RIGHTS, without one
+if it could not be made: front/core.py sends it, worker/loop.py reads it and checks it
+with ``check_first_frame``). No file in the runtime directory: its
 pages are never written back to a disk (a file's would be, wherever the runtime
 directory is not a tmpfs, and each write after a write-back faults), nothing is left
 behind by a process that was killed, and the worker's later privilege drop does not
@@ -43,7 +44,6 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import socket
 import struct
 from typing import Final
 
@@ -55,7 +55,8 @@ _HEADER: Final = struct.Struct("<QI4x")
 _LENGTH: Final = struct.Struct("<I")
 _LENGTH_AT: Final = 8
 _SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-_FRAME: Final = encode_frame(FrameKind.JOURNAL, 0)
+#: The first frame of a bridge connection (front -> worker); the journal rides with it.
+FIRST_FRAME: Final = encode_frame(FrameKind.JOURNAL, 0)
 
 
 def create(capacity: int = CAPACITY) -> int:
@@ -71,33 +72,14 @@ def create(capacity: int = CAPACITY) -> int:
     return fd
 
 
-def send(sock: socket.socket, fd: int | None) -> None:
-    """The connection's first frame, front -> worker: the journal, or none (``fd`` None)."""
-    socket.send_fds(sock, [_FRAME], [] if fd is None else [fd])
-
-
-def receive(sock: socket.socket) -> int | None:
-    """Read the connection's first frame (blocking; the worker's, right after it connects):
-    the journal's descriptor, or None where the front sent none. ``ConnectionError`` if
-    the front closed first, ``ValueError`` if the frame is not a JOURNAL frame (any
-    descriptor that came with it is closed)."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, HEADER_SIZE, 1, socket.MSG_CMSG_CLOEXEC)
-    try:
-        while 0 < len(data) < HEADER_SIZE:
-            more = sock.recv(HEADER_SIZE - len(data))
-            if not more:
-                break
-            data += more
-        if len(data) < HEADER_SIZE:
-            raise ConnectionError("the front closed the bridge before its first frame")
-        magic, _version, kind, length, _call_id = HEADER.unpack(data)
-        if magic != MAGIC or kind != FrameKind.JOURNAL or length:
-            raise ValueError(f"the bridge's first frame is not a JOURNAL frame: {data!r}")
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds[0] if fds else None
+def check_first_frame(data: bytes) -> None:
+    """``ValueError`` unless ``data`` (the bridge's first 16 bytes, front -> worker) is
+    ``FIRST_FRAME``."""
+    if len(data) != HEADER_SIZE:
+        raise ValueError(f"the bridge closed in its first frame: {data!r}")
+    magic, _version, kind, length, _call_id = HEADER.unpack(data)
+    if magic != MAGIC or kind != FrameKind.JOURNAL or length:
+        raise ValueError(f"the bridge's first frame is not a JOURNAL frame: {data!r}")
 
 
 def _size(fd: int) -> int:

@@ -64,6 +64,7 @@ from tykworker.system import crashlog, heap, kernel, memory, proctitle
 from tykworker.wire import control, journal
 from tykworker.wire.frames import (
     DIRECT_FROM,
+    HEADER_SIZE,
     FrameDecoder,
     FrameKind,
     Payload,
@@ -162,7 +163,7 @@ class Worker:
             return ExitCode.ERROR
         self.bridge = bridge
         try:  # the front's first frame (wire/journal.py)
-            fd = journal.receive(bridge)
+            fd = receive_journal(bridge)
         except (OSError, ValueError) as exc:
             log.error("bridge to the front at %s broken: %s", self.spec.bridge_path, exc)
             return ExitCode.ERROR
@@ -590,3 +591,19 @@ def run_worker(settings: Settings, spec: WorkerSpec) -> int:
         return Worker(settings, spec).run()
     finally:
         tracing.stop()
+
+
+def receive_journal(sock: socket.socket) -> int | None:
+    """Read the bridge's first frame (blocking, right after connecting): the reply
+    journal's descriptor (wire/journal.py), or None where the front sent none.
+    ``ValueError`` if it is not that frame (a descriptor that came with it is closed)."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, HEADER_SIZE, 1, socket.MSG_CMSG_CLOEXEC)
+    try:
+        while 0 < len(data) < HEADER_SIZE and (more := sock.recv(HEADER_SIZE - len(data))):
+            data += more
+        journal.check_first_frame(data)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds[0] if fds else None
