@@ -45,7 +45,8 @@ def test_stalled_redis_fails_store_calls_in_time_and_keeps_the_worker(start_serv
                 assert reply.request.set_headers["X-Value"] == ""  # get_data's error value
         finally:
             redis_server.send_signal(signal.SIGCONT)
-        assert "get_data('k') failed: Timeout reading from socket" in server.log()
+        # redis-py says "Timeout reading from socket" or, in newer releases, the address
+        assert "get_data('k') failed: Timeout reading from " in server.log()
         assert server.worker_pids() == {pid}
         reply = server.dispatch("Store", headers={"Key": "k"})
         assert reply.request.set_headers["X-Value"] == "v1"  # Redis is back: so is the data

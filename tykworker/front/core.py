@@ -746,15 +746,7 @@ class _WorkerLink(asyncio.Protocol):
         """Make the worker's reply journal and send it in the connection's first frame
         (wire/journal.py); without one (every reply then comes by the socket at once) if
         it cannot be made."""
-        made: int | None = None
-        try:
-            made = journal.create()
-            self.journal = JournalReader(made)
-        except (OSError, ValueError) as exc:
-            log.warning("bridge connection %d: no reply journal: %s", self.conn_id, exc)
-            if made is not None:
-                os.close(made)
-                made = None
+        made = self._make_journal()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(fd)) as sock:
                 socket.send_fds(sock, [journal.FIRST_FRAME], [] if made is None else [made])
@@ -765,6 +757,20 @@ class _WorkerLink(asyncio.Protocol):
         finally:
             if made is not None:
                 os.close(made)
+
+    def _make_journal(self) -> int | None:
+        """A new journal's descriptor, mapped as ``journal``; None (logged) if it cannot be
+        made. The caller closes the descriptor once it is sent."""
+        made: int | None = None
+        try:
+            made = journal.create()
+            self.journal = JournalReader(made)
+        except (OSError, ValueError) as exc:
+            log.warning("bridge connection %d: no reply journal: %s", self.conn_id, exc)
+            if made is not None:
+                os.close(made)
+            return None
+        return made
 
     def data_received(self, data: bytes) -> None:
         if not self._from_socket(data) and self.transport is not None:

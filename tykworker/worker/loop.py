@@ -167,15 +167,7 @@ class Worker:
         except (OSError, ValueError) as exc:
             log.error("bridge to the front at %s broken: %s", self.spec.bridge_path, exc)
             return ExitCode.ERROR
-        if fd is None:
-            log.warning("no reply journal from the front: every reply is written at once")
-        else:
-            try:
-                self.journal = JournalWriter(fd)
-            except (OSError, ValueError) as exc:
-                log.warning("no reply journal (%s): every reply is written at once", exc)
-            finally:
-                os.close(fd)
+        self.journal = _open_journal(fd)
         # tykworker's own modules are imported with the parent's credentials (they may
         # live where the workers' user cannot read), plugins only after the drop.
         from tykworker.worker.plugins import load_runtime
@@ -319,7 +311,6 @@ class Worker:
         in the bridge's read callback, async ones as tasks. Plugin code may run whenever
         the loop does, so a fast stop exits at once from now on."""
         view = memoryview(buffer)
-        self.bridge = bridge
         signals.busy = True
 
         def on_data(size: int) -> int | None:
@@ -607,3 +598,18 @@ def receive_journal(sock: socket.socket) -> int | None:
             os.close(fd)
         raise
     return fds[0] if fds else None
+
+
+def _open_journal(fd: int | None) -> JournalWriter | None:
+    """The journal the front sent (``receive_journal``), mapped; None (logged: every
+    reply is then written at once) without one. Closes ``fd``: the map keeps its own."""
+    if fd is None:
+        log.warning("no reply journal from the front: every reply is written at once")
+        return None
+    try:
+        return JournalWriter(fd)
+    except (OSError, ValueError) as exc:
+        log.warning("no reply journal (%s): every reply is written at once", exc)
+        return None
+    finally:
+        os.close(fd)
