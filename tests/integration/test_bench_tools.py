@@ -4,11 +4,14 @@ front's call handler grew an argument)."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
+import pytest
 
 from tests.integration.conftest import wait_for
 
@@ -48,3 +51,30 @@ def test_worker_call_measures_the_worker_loop_in_process() -> None:
     assert any(line.startswith("worker _run_batch, 4 calls per read: ") for line in lines)
     assert any(line.startswith("Runtime.start_dispatch alone: ") for line in lines)
     assert "Traceback" not in done.stderr
+
+
+def test_cpu_ab_reports_cpu_per_call_of_both_trees() -> None:
+    """bench/cpu_ab.py (the A/B of two source trees) runs its real servers and load
+    generator end to end and prints, per tree, CPU µs per call by process group and
+    calls/s: here the same tree twice, one round of 2,000 calls (enough clock ticks of
+    CPU in each group to read)."""
+    if shutil.which("go") is None and not (ROOT / "bench" / "bin" / "loadgen").exists():
+        pytest.skip("the Go toolchain (go) is needed to build bench/loadgen")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cpu_ab.py"), str(ROOT), str(ROOT),
+         "--rounds", "1", "--calls", "2000", "--workers", "1", "-c", "4"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    medians = done.stdout.split("medians:", 1)[1].splitlines()
+    row = re.compile(
+        r"^(A|B) CPU µs/call: front ([\d.]+) workers ([\d.]+) supervisor ([\d.]+); "
+        r"([\d,]+) calls/s  \[(.+)\]$"
+    )
+    rows = [m for line in medians if (m := row.match(line))]
+    assert [m[1] for m in rows] == ["A", "B"], done.stdout[-2000:]
+    for m in rows:
+        assert float(m[2]) > 0 and float(m[3]) > 0, m[0]  # both groups did the work
+        assert int(m[5].replace(",", "")) > 0, m[0]
+        assert Path(m[6]).resolve() == ROOT
