@@ -38,6 +38,7 @@ from make_payloads import build_object, small_body  # noqa: E402
 
 from tykworker import compiled  # noqa: E402
 from tykworker.config import load_settings  # noqa: E402
+from tykworker.wire import journal  # noqa: E402
 from tykworker.wire.frames import DIRECT_FROM, FrameDecoder, FrameKind, encode_frame  # noqa: E402
 from tykworker.wire.handoff import WorkerSpec  # noqa: E402
 from tykworker.wire.scoreboard import Scoreboard  # noqa: E402
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, default=15)
     ap.add_argument("--calls", type=int, default=2000, help="calls per block")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        help="no reply journal: every reply written at once (a front that could not make one)",
+    )
     opts = ap.parse_args(argv)
     payload = build_object("Trivial", small_body())
     tmp = Path(tempfile.mkdtemp(prefix="tw-worker-call-"))
@@ -82,19 +89,24 @@ def measure(opts: argparse.Namespace, payload: bytes, tmp: Path) -> int:
     )
     Scoreboard.create(tmp / "scoreboard")
     worker = Worker(settings, WorkerSpec(1, 0, 0, tmp / "bridge", -1, tmp / "scoreboard"))
+    if opts.journal:  # as in service: the front makes it, the worker maps it
+        fd = journal.create()
+        worker.journal = journal.JournalWriter(fd)
+        os.close(fd)
     runtime = load_runtime(settings)
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     frames = b"".join(encode_frame(FrameKind.DISPATCH, i + 1, payload) for i in range(opts.batch))
     decoder = FrameDecoder(settings.max_message_bytes, direct_from=DIRECT_FROM)
     reads = max(1, opts.calls // opts.batch)
+    sink = bytearray(1 << 20)  # the replies are read into it: no allocation per read
 
     def loop() -> None:
         for _ in range(reads):
             decoder.feed(memoryview(frames))
             worker._run_batch(ours, runtime, decoder)  # type: ignore[arg-type]
             try:
-                while theirs.recv(1 << 20):
+                while theirs.recv_into(sink):
                     pass
             except BlockingIOError:
                 pass
@@ -108,7 +120,8 @@ def measure(opts: argparse.Namespace, payload: bytes, tmp: Path) -> int:
     per_call = best(loop, opts.blocks) / calls * 1e6
     alone = best(dispatch_only, opts.blocks) / calls * 1e6
     print(f"{ROOT}: {compiled.describe()}")
-    print(f"worker _run_batch, {opts.batch} calls per read: {per_call:.2f} µs per call")
+    how = "journal" if opts.journal else "no journal"
+    print(f"worker _run_batch, {opts.batch} calls per read ({how}): {per_call:.2f} µs per call")
     print(f"Runtime.start_dispatch alone: {alone:.2f} µs per call")
     print(f"(best of {opts.blocks} blocks of {calls} calls)")
     if opts.profile:

@@ -40,15 +40,16 @@ def test_native_echo_answers_a_grpc_call_with_the_request_and_its_marker(
     assert b"Traceback" not in out, out.decode(errors="replace")[-2000:]
 
 
-def test_worker_call_measures_the_worker_loop_in_process() -> None:
+@pytest.mark.parametrize(("flags", "how"), [([], "journal"), (["--no-journal"], "no journal")])
+def test_worker_call_measures_the_worker_loop_in_process(flags: list[str], how: str) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "worker_call.py"), "--blocks", "1",
-         "--calls", "16", "--batch", "4"],
+         "--calls", "16", "--batch", "4", *flags],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert any(line.startswith("worker _run_batch, 4 calls per read: ") for line in lines)
+    assert any(line.startswith(f"worker _run_batch, 4 calls per read ({how}): ") for line in lines)
     assert any(line.startswith("Runtime.start_dispatch alone: ") for line in lines)
     assert "Traceback" not in done.stderr
 

@@ -50,6 +50,23 @@ def test_reset_empties_it_and_moves_its_start(pair: tuple[JournalWriter, Journal
     assert reader.tail(13) == b"de"
 
 
+def test_committed_is_the_bytes_held_in_place(pair: tuple[JournalWriter, JournalReader]) -> None:
+    """What the worker writes to the socket: the committed bytes, read from the journal's
+    memory; a released view leaves the journal free to change and to close."""
+    writer, _reader = pair
+    with writer.committed() as view:
+        assert view.nbytes == 0
+    writer.append((b"head", b"reply"))
+    with writer.committed() as view:
+        assert bytes(view) == b"headreply"
+    writer.reset(9)
+    writer.append((b"next",))
+    with writer.committed() as view:
+        assert bytes(view) == b"next"
+    writer.close()
+    writer.close = lambda: None  # type: ignore[method-assign]  # the fixture's close
+
+
 def test_a_group_that_does_not_fit_is_refused_whole(
     pair: tuple[JournalWriter, JournalReader],
 ) -> None:

@@ -117,6 +117,12 @@ class JournalWriter:
         _LENGTH.pack_into(mm, _LENGTH_AT, self.length)  # the commit: after the bytes
         return True
 
+    def committed(self) -> memoryview:
+        """The committed bytes, in place (what the worker writes to the socket); the
+        caller releases the view (``with``) before the next ``append``."""
+        with memoryview(self._mm) as whole:
+            return whole[_HEADER.size : _HEADER.size + self.length]
+
     def reset(self, start: int) -> None:
         """Everything up to stream offset ``start`` is written to the socket."""
         self.length = 0

@@ -488,25 +488,36 @@ class Worker:
             self._title(self._doing())
 
     def _emit(self, parts: tuple[bytes, ...]) -> None:
-        """Queue frames for the next ``_flush``, in the journal first; frames the journal
-        has no room for are written at once, with those queued before them."""
-        self.out += parts
+        """Queue frames for the next ``_flush``: in the journal, which holds them until
+        then; frames it has no room for are written at once, after those it holds."""
         journal = self.journal
-        if journal is None or not journal.append(parts):
-            bridge = self.bridge
-            if bridge is not None:
-                self._flush(bridge)
+        if journal is not None and journal.append(parts):
+            return
+        self.out += parts
+        bridge = self.bridge
+        if bridge is not None:
+            self._flush(bridge)
 
     def _flush(self, bridge: socket.socket) -> None:
-        """Send the frames made so far, in order."""
-        if self.out:
-            out, self.out = self.out, []
-            # A front that closed first (it drained us on a reload, or it is gone) cannot
-            # take them; the next read sees its end of file and the worker exits.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        """Send the frames made so far, in order: those the journal holds, straight from
+        its memory (not copied again), then the rest (``out``)."""
+        journal = self.journal
+        held = 0 if journal is None else journal.length
+        if not held and not self.out:
+            return
+        out, self.out = self.out, []
+        # A front that closed first (it drained us on a reload, or it is gone) cannot
+        # take them; the next read sees its end of file and the worker exits.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if held:
+                assert journal is not None
+                with journal.committed() as view:
+                    bridge.sendall(view)
+                self.sent += held
+            if out:
                 self.sent += _send_all(bridge, out)
-            if self.journal is not None:
-                self.journal.reset(self.sent)
+        if journal is not None:
+            journal.reset(self.sent)
 
     def _check_recycle(self) -> None:
         if self.settings.max_requests and self.calls >= self.limit:
