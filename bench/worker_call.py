@@ -42,7 +42,7 @@ from tykworker.wire import journal  # noqa: E402
 from tykworker.wire.frames import DIRECT_FROM, FrameDecoder, FrameKind, encode_frame  # noqa: E402
 from tykworker.wire.handoff import WorkerSpec  # noqa: E402
 from tykworker.wire.scoreboard import Scoreboard  # noqa: E402
-from tykworker.worker.loop import Worker  # noqa: E402
+from tykworker.worker.loop import Worker, _open_journal  # noqa: E402
 from tykworker.worker.plugins import load_runtime  # noqa: E402
 
 
@@ -90,9 +90,7 @@ def measure(opts: argparse.Namespace, payload: bytes, tmp: Path) -> int:
     Scoreboard.create(tmp / "scoreboard")
     worker = Worker(settings, WorkerSpec(1, 0, 0, tmp / "bridge", -1, tmp / "scoreboard"))
     if opts.journal:  # as in service: the front makes it, the worker maps it
-        fd = journal.create()
-        worker.journal = journal.JournalWriter(fd)
-        os.close(fd)
+        worker.journal = _open_journal(journal.create())
     runtime = load_runtime(settings)
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)

@@ -509,8 +509,7 @@ class Worker:
         # A front that closed first (it drained us on a reload, or it is gone) cannot
         # take them; the next read sees its end of file and the worker exits.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            if held:
-                assert journal is not None
+            if journal is not None and held:
                 with journal.committed() as view:
                     bridge.sendall(view)
                 self.sent += held
