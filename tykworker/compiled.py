@@ -33,13 +33,18 @@ from types import ModuleType
 from typing import Any, Final
 
 #: Compiled by mypyc, in this order (dotted names): the front's per-call path and the
-#: worker's loop and dispatch. Not here: modules whose dataclasses mypyc builds differently
-#: (wire/control.py); anything off the per-call path. (The worker modules were held out
+#: worker's loop, dispatch, reply journal and import scopes (journal and scope since stop
+#: 34: the workers' CPU per call 27.3 -> 24.8 µs, BENCHMARKS.md). Not here: modules whose
+#: dataclasses mypyc builds differently (wire/control.py); the plugin-facing ``tyk.*``
+#: shims (plugins may subclass or patch them); worker/plugins.py (no gain measured);
+#: logs.py (the C that mypyc generates for it fails to build: errors at ``__thread``);
+#: anything off the per-call path. (The worker modules were held out
 #: until stop 28: compiled, a 1 MiB call faulted in ~1,500 fresh pages per call against
 #: ~1,000 from source; system/heap.py now keeps those pages for reuse in both builds.)
 MODULES: Final = (
     "tykworker.wire.frames",
     "tykworker.wire.scoreboard",
+    "tykworker.wire.journal",
     "tykworker.front.h2.frames",
     "tykworker.front.h2.heads",
     "tykworker.front.h2.state",
@@ -51,6 +56,7 @@ MODULES: Final = (
     "tykworker.front.native",
     "tykworker.worker.loop",
     "tykworker.worker.dispatch",
+    "tykworker.worker.scope",
 )
 #: The shared library mypyc puts the compiled code of all ``MODULES`` in.
 GROUP: Final = "tykworker._native"
