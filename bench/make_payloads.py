@@ -14,6 +14,7 @@ Files (default DIR = bench/out/payloads):
     trivial.bin   hook Trivial,  ~1 KB JSON body
     cpu.bin       hook CpuBound, ~1 KB JSON body
     blocking.bin  hook Blocking, ~1 KB JSON body
+    fickle.bin    hook Fickle,   ~1 KB JSON body
     big.bin       hook Trivial,  1 MiB body (so ~2 MiB on the wire: body + raw_body)
 
 and for each a ``.grpc`` twin: the same bytes behind the 5-byte gRPC message prefix
@@ -44,6 +45,7 @@ SCENARIOS: dict[str, tuple[str, int]] = {
     "trivial": ("Trivial", 0),
     "cpu": ("CpuBound", 0),
     "blocking": ("Blocking", 0),
+    "fickle": ("Fickle", 0),
     "big": ("Trivial", 1 << 20),
 }
 

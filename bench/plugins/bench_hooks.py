@@ -9,6 +9,11 @@ same file with a small stand-in for ``tyk.decorators`` so both servers run ident
 * ``Blocking`` sleeps 50 ms (stands for a slow upstream call made from a plugin).
 * ``AsyncBlocking`` the same 50 ms as an ``async def`` awaiting ``asyncio.sleep`` (an
   upstream call made with an async client): many run at once per worker (bench/async.py).
+* ``Fickle`` a fast hook that turns slow now and then: ``Trivial``, but every
+  ``FICKLE_EVERY``-th call in a process sleeps ``FICKLE_SLEEP`` s (a cache miss that goes
+  to an upstream). Its average stays far below the front's fast limit, so its calls are
+  pipelined, and those sent behind a slow one wait for it (bench/fairness.py
+  ``--turns-slow``).
 * ``BenchAuth`` a custom-auth hook (``auth_check``): accepts ``Authorization: bench-key``
   and returns a session with a generous rate limit and ``metadata["token"]``, which is what
   makes the gateway treat the request as authenticated (bench/gateway.py).
@@ -25,6 +30,12 @@ from tyk.decorators import *  # noqa: F403  (Tyk plugin style: brings in Hook)
 #: 1 KB body (bench/make_payloads.py). ``python bench/plugins/bench_hooks.py`` prints the
 #: time one call takes on this machine.
 CPU_ROUNDS = 12
+
+#: ``Fickle``: one call in ``FICKLE_EVERY`` (per process) sleeps ``FICKLE_SLEEP`` seconds:
+#: 10 µs per call on average, against the front's 2 ms fast limit.
+FICKLE_EVERY = 1000
+FICKLE_SLEEP = 0.01
+_fickle_calls = 0
 
 
 def _cpu_work(body: bytes) -> str:
@@ -64,6 +75,16 @@ def CpuBound(request, session, spec):
 def Blocking(request, session, spec):
     time.sleep(0.05)
     request.add_header("X-Bench", "blocking")
+    return request, session
+
+
+@Hook  # noqa: F405
+def Fickle(request, session, spec):
+    global _fickle_calls
+    _fickle_calls += 1
+    if _fickle_calls % FICKLE_EVERY == 0:
+        time.sleep(FICKLE_SLEEP)
+    request.add_header("X-Bench", "fickle")
     return request, session
 
 

@@ -79,3 +79,24 @@ def test_cpu_ab_reports_cpu_per_call_of_both_trees() -> None:
         assert float(m[2]) > 0 and float(m[3]) > 0, m[0]  # both groups did the work
         assert int(m[5].replace(",", "")) > 0, m[0]
         assert Path(m[6]).resolve() == ROOT
+
+
+def test_fairness_turns_slow_runs_both_variants_without_a_failed_call() -> None:
+    """bench/fairness.py --turns-slow (the fast hook that turns slow, ``Fickle``) runs
+    both variants end to end: a row each with calls served and none failed (a reply
+    without the hook's header counts as failed, so the hook did run), and the ratio."""
+    if shutil.which("go") is None and not (ROOT / "bench" / "bin" / "loadgen").exists():
+        pytest.skip("the Go toolchain (go) is needed to build bench/loadgen")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fairness.py"), "--turns-slow", "-c", "4",
+         "--rounds", "1", "--duration", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    row = re.compile(r"^\| (pipelined|no pipelining) \| ([\d,]+) \|.* \| (\d+) \|$")
+    rows = [m for line in done.stdout.splitlines() if (m := row.match(line))]
+    assert [m[1] for m in rows] == ["pipelined", "no pipelining"], done.stdout[-2000:]
+    for m in rows:
+        assert int(m[2].replace(",", "")) > 0 and m[3] == "0", m[0]
+    assert re.search(r"^Fickle p99, pipelined / not: [\d.]+x", done.stdout, re.M)
