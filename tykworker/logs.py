@@ -173,15 +173,16 @@ class SlowCallLog:
         self.thread_id = threading.get_ident() if thread_id is None else thread_id
         self.reported = 0
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tykworker-slow-calls", daemon=True)
+        # not ``_thread``: mypyc would name its C field ``__thread``, a C keyword
+        self._sampler = threading.Thread(target=self._run, name="tykworker-slow-calls", daemon=True)
 
     def start(self) -> SlowCallLog:
-        self._thread.start()
+        self._sampler.start()
         return self
 
     def stop(self) -> None:
         self._stopped.set()
-        self._thread.join()
+        self._sampler.join()
 
     def _run(self) -> None:
         while not self._stopped.wait(self.check(time.monotonic())):
