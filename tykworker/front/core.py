@@ -821,7 +821,8 @@ class _WorkerLink(asyncio.Protocol):
         """The worker holds a batch of calls: look at its journal in ``patience``."""
         if not self.watching and self.transport is not None:
             self.watching = True
-            asyncio.get_running_loop().call_later(self.patience, self._look)
+            front = self.front  # its cached loop: get_running_loop() is a getpid() on 3.11
+            (front._loop or front._bind_loop()).call_later(self.patience, self._look)
 
     def _look(self) -> None:
         """Replies the worker made in this batch do not wait for the rest of it (a call
