@@ -35,8 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench  # bench/run.py: server start-up, loadgen, payloads
 
-VARIANTS = {"pipelined": ["--pipeline-depth", "4"], "no pipelining": ["--pipeline-depth", "1"]}
-
 
 def one_round(
     tmp: Path, payloads: dict[str, Path], extra: list[str], seconds: float, turns_slow: int
@@ -79,17 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     opts = ap.parse_args(argv)
     if opts.quick:
         opts.rounds, opts.duration = 1, 3.0
+    variants = {
+        "pipelined": ["--pipeline-depth", str(opts.depth)],
+        "no pipelining": ["--pipeline-depth", "1"],
+    }
     bench.ensure_loadgen(False)
-    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="tw-fair-") as t:
         tmp = Path(t)
         payloads = bench.write_payloads(tmp / "payloads")
         for n in range(1, opts.rounds + 1):
-            for name, extra in VARIANTS.items():
-                if name == "pipelined":
-                    extra = ["--pipeline-depth", str(opts.depth)]
-                if name == "pipelined":
-                    extra = ["--pipeline-depth", str(opts.depth)]
+            for name, extra in variants.items():
                 r = one_round(
                     tmp, payloads, extra, opts.duration, opts.concurrency if opts.turns_slow else 0
                 )
@@ -122,24 +120,23 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     fast = "fickle" if opts.turns_slow else "trivial"
-    lines = [
-        f"| variant | {fast} calls/s | {fast} p50 µs | {fast} p99 µs | {fast} max µs"
-        + ("" if opts.turns_slow else " | blocking calls/s | blocking p99 µs")
-        + " | failed |",
-        "|---|---:|---:|---:|---:" + ("" if opts.turns_slow else "|---:|---:") + "|---:|",
+    # (stream, key, column) of each column after the variant's name
+    columns = [
+        ("trivial", k, f"{fast} {c}")
+        for k, c in (("rate", "calls/s"), ("p50", "p50 µs"), ("p99", "p99 µs"), ("max", "max µs"))
     ]
-    for name in VARIANTS:
-        lines.append(
-            f"| {name} | {med(name, 'trivial', 'rate'):,.0f} | {med(name, 'trivial', 'p50'):,.0f}"
-            f" | {med(name, 'trivial', 'p99'):,.0f} | {med(name, 'trivial', 'max'):,.0f}"
-            + (
-                ""
-                if opts.turns_slow
-                else f" | {med(name, 'blocking', 'rate'):,.0f}"
-                f" | {med(name, 'blocking', 'p99'):,.0f}"
-            )
-            + f" | {failed(name)} |"
-        )
+    if not opts.turns_slow:
+        columns += [
+            ("blocking", "rate", "blocking calls/s"),
+            ("blocking", "p99", "blocking p99 µs"),
+        ]
+    lines = [
+        "| variant | " + " | ".join(c for _, _, c in columns) + " | failed |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for name in variants:
+        cells = [f"{med(name, stream, key):,.0f}" for stream, key, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {failed(name)} |")
     ratio = med("pipelined", "trivial", "p99") / max(med("no pipelining", "trivial", "p99"), 1)
     load = (
         f"C = {opts.concurrency} Fickle (10 ms on 1 call in 1,000 per worker)"

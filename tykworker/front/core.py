@@ -202,6 +202,11 @@ class Front:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The front's loop, bound at first use (``_bind_loop``): what the per-call path
+        and its bridge links schedule on, without a system call."""
+        return self._loop or self._bind_loop()
+
     async def call(
         self,
         kind: FrameKind,
@@ -243,7 +248,7 @@ class Front:
     def _set_timer(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        loop = self._loop or self._bind_loop()
+        loop = self.event_loop()
         # The loop's clock has its own origin: a delay from now, on the monotonic clock.
         self._timer = loop.call_later(max(0.0, at - time.monotonic()), self._on_deadline)
         self._timer_at = at
@@ -315,7 +320,7 @@ class Front:
         parts += (header, call.payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            (self._loop or self._bind_loop()).call_soon(self._flush)
+            self.event_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -339,7 +344,7 @@ class Front:
         if action.send:
             frame = control.encode_frame_of(control.Cancel(), action.call.call_id)
             self._queue_frame(action.conn_id, frame)
-        loop = self._loop or self._bind_loop()
+        loop = self.event_loop()
         loop.call_later(CANCEL_GRACE, self._overdue, action.conn_id, action.call.call_id)
 
     def _overdue(self, conn_id: int, call_id: int) -> None:
@@ -352,7 +357,7 @@ class Front:
         parts.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            (self._loop or self._bind_loop()).call_soon(self._flush)
+            self.event_loop().call_soon(self._flush)
 
     def _report_stuck(self, conn_id: int | None, call: Call, why: str) -> None:
         """The worker on ``conn_id`` must be killed: tell the supervisor."""
@@ -821,8 +826,7 @@ class _WorkerLink(asyncio.Protocol):
         """The worker holds a batch of calls: look at its journal in ``patience``."""
         if not self.watching and self.transport is not None:
             self.watching = True
-            front = self.front  # its cached loop: get_running_loop() is a getpid() on 3.11
-            (front._loop or front._bind_loop()).call_later(self.patience, self._look)
+            self.front.event_loop().call_later(self.patience, self._look)
 
     def _look(self) -> None:
         """Replies the worker made in this batch do not wait for the rest of it (a call
